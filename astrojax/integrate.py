@@ -1,0 +1,387 @@
+r"""Two integration paths behind one interface: :func:`integrate`.
+
+``method=FastPath(...)`` (training default)
+    Exact where the dynamics allow it, parallel over windows. Within a window the drive
+    is constant, so ``h``, ``H`` and ``p`` obey linear ODEs with exact exponential
+    solutions; the astrocyte response ``a`` is linear with a forcing that is a sum of
+    exponentials, also solved exactly. Carrying a state across windows is an affine
+    recurrence with a scalar coefficient, solved by a parallel prefix scan
+    (``lax.associative_scan``: ``O(log J)`` depth instead of a ``J``-step loop). Only the
+    shunted read-out ``tau_y dy/dt = g H h - a y`` is nonlinear in time; it takes
+    ``n_sub`` exponential-midpoint steps per window (second order, unconditionally stable,
+    exact fixed point). The synaptic matrices are never materialised per window: reads
+    are ``H_j h`` contractions computed in linear-attention form (bidirectional) or as a
+    masked kernel (causal), so a window costs about what a closed-form token costs.
+
+``method=DiffraxPath(...)`` (reference; adaptive, stiff, dense traces)
+    ``diffrax.diffeqsolve`` of the full vector field
+    (:func:`astrojax.dynamics.vector_field`) on every constant-input segment, inside a
+    ``lax.scan`` over windows, so step boundaries fall on window edges and read-outs are
+    each segment's final state (never interpolated across an edge). Any diffrax solver,
+    adaptive (PID) or constant steps, any adjoint.
+
+Both return :class:`Readout` ``(y, a)`` sampled at the end of each read window, ``a``
+normalised so that it equals ``phi(q~_t) . sum_tau phi(k~_tau)`` in the timescale
+limit; with ``trace=True`` also a :class:`Trace` of time courses.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import diffrax
+
+from ._validate import check_int, check_positive
+from .dynamics import NeuronAstrocyteParams, State, vector_field, zero_state
+from .protocol import Protocol, Schedule
+
+__all__ = ["FastPath", "DiffraxPath", "Readout", "Trace", "integrate"]
+
+
+class Readout(eqx.Module):
+    """Read-outs at the end of each read window, in token order."""
+
+    y: jax.Array  # (T, Dv)
+    a: jax.Array  # (T,) normalised astrocyte response
+
+
+class Trace(eqx.Module):
+    """Time courses of one episode (for plotting). ``t`` in window units."""
+
+    t: jax.Array  # (N,)
+    h_mean: jax.Array  # (N,) mean hidden rate
+    p_sum: jax.Array  # (N,) total process calcium
+    a: jax.Array  # (N,) raw astrocyte response
+    y: jax.Array  # (N, Dv) output rates
+
+
+class FastPath(eqx.Module):
+    """Exact exponential updates + parallel scans; ``n_sub`` exponential-midpoint steps
+    per window for the shunted read-out."""
+
+    n_sub: int = eqx.field(static=True, default=4)
+
+    def __post_init__(self):
+        check_int("n_sub", self.n_sub)
+
+
+class DiffraxPath(eqx.Module):
+    """``diffrax.diffeqsolve`` per constant-input segment.
+
+    Args:
+        solver: any diffrax solver (default ``Tsit5()``; ``Kvaerno5()`` for very stiff
+            settings, e.g. astrocyte time constants of seconds with ms neurons).
+        adaptive: PID step-size control (``rtol``/``atol``) if True, else constant
+            steps of ``dt0`` (window units).
+        max_steps: per segment; outputs are not preallocated to it (only final states
+            or a few trace points are saved).
+        adjoint: diffrax adjoint (default ``RecursiveCheckpointAdjoint()``).
+        trace_points: samples per window when a trace is requested.
+    """
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    adaptive: bool = eqx.field(static=True, default=True)
+    rtol: float = eqx.field(static=True, default=1e-6)
+    atol: float = eqx.field(static=True, default=1e-8)
+    dt0: float = eqx.field(static=True, default=0.01)
+    max_steps: int = eqx.field(static=True, default=4096)
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
+    trace_points: int = eqx.field(static=True, default=20)
+
+    def __post_init__(self):
+        check_positive("rtol", self.rtol)
+        check_positive("atol", self.atol)
+        check_positive("dt0", self.dt0)
+        check_int("max_steps", self.max_steps)
+        check_int("trace_points", self.trace_points, 2)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _phi1neg(z):
+    """``(1 - exp(-z)) / z`` with its limit 1 at z = 0 (gradient-safe)."""
+    small = jnp.abs(z) < 1e-4
+    zs = jnp.where(small, 1.0, z)
+    return jnp.where(small, 1.0 - 0.5 * z + z * z / 6.0, -jnp.expm1(-zs) / zs)
+
+
+def _dd(x, y):
+    """``(exp(-x) - exp(-y)) / (y - x)`` (``exp(-x)`` at x = y), overflow-free."""
+    return jnp.exp(-jnp.minimum(x, y)) * _phi1neg(jnp.abs(y - x))
+
+
+def _affine_scan(A, B):
+    """All ``z_j = A_j z_{j-1} + B_j`` with ``z_{-1} = 0``, in parallel.
+
+    ``A`` has shape ``(J,)``, ``B`` shape ``(J, ...)``; returns ``z`` like ``B``."""
+
+    def combine(e1, e2):
+        a1, b1 = e1
+        a2, b2 = e2
+        a2b = a2.reshape(a2.shape + (1,) * (b1.ndim - a2.ndim))
+        return a1 * a2, a2b * b1 + b2
+
+    return jax.lax.associative_scan(combine, (A, B))[1]
+
+
+def _shift_right(z):
+    """Window-start values from window-end values (the first window starts at 0)."""
+    return jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
+
+
+def _write_integrals(decay, tau_h, d):
+    """``I1 = int_d^1 e^{-k(1-s)} ds`` and ``I2 = int_d^1 e^{-k(1-s)} e^{-s/tau_h} ds``."""
+    L = 1.0 - d
+    I1 = L * _phi1neg(decay * L)
+    I2 = jnp.exp(-d / tau_h) * L * _dd(decay * L, L / tau_h)
+    return I1, I2
+
+
+def _a_response(s, a0, P1, P2, P: NeuronAstrocyteParams, gain):
+    """Exact ``a(s)`` in a window: ``tau_a a' = gain e^{-kp s}(P1 + (P2-P1) e^{-s/tau_h}) - a``."""
+    sa = s / P.tau_a
+
+    def E(kappa):
+        return sa * _dd(kappa * s, sa)
+
+    return a0 * jnp.exp(-sa) + gain * (P1 * E(P.decay_p) + (P2 - P1) * E(P.decay_p + 1.0 / P.tau_h))
+
+
+# ------------------------------------------------------------------------- fast path
+
+
+def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
+    """For each read window j: ``H_j F_j``, ``H_j h0_j`` (Dv) and ``p_j . F_j``,
+    ``p_j . h0_j`` (scalars), with ``H_j``, ``p_j`` the synapses/processes at the start
+    of window j and ``h0_j`` the hidden rates there."""
+    d = sched.write_delay
+    IH1, IH2 = _write_integrals(P.decay_H, P.tau_h, d)
+    Ip1, Ip2 = _write_integrals(P.decay_p, P.tau_h, d)
+    gH = P.eta_H / P.tau_H
+    gp = P.eta_p / P.tau_p
+    wi, rj = sched.write_idx, sched.read_idx
+    Fw, H0w, Fr, H0r = F[wi], H0[wi], F[rj], H0[rj]
+    if not causal:
+        # all reads see the same memory, decayed by the windows since the last write.
+        T = len(wi)
+        age = (T - 1 - np.arange(T)).astype(np.float64)  # windows from write end to read start
+        cH = gH * jnp.exp(-P.decay_H * age)
+        cp = gp * jnp.exp(-P.decay_p * age)
+        XH = IH1 * Fw + IH2 * (H0w - Fw)
+        Xp = Ip1 * Fw + Ip2 * (H0w - Fw)
+        Hmem = (v * cH[:, None]).T @ XH  # (Dv, m) at the end of writing
+        pmem = cp @ Xp  # (m,)
+        since = np.arange(T).astype(np.float64)  # read windows since the end of writing
+        dH = jnp.exp(-P.decay_H * since)[:, None]
+        dp = jnp.exp(-P.decay_p * since)
+        Y1, Y2 = (Fr @ Hmem.T) * dH, (H0r @ Hmem.T) * dH
+        P1, P2 = (Fr @ pmem) * dp, (H0r @ pmem) * dp
+        return Y1, Y2, P1, P2
+    # causal: masked kernel between read windows j and earlier write windows i.
+    lag = (rj[:, None] - 1 - wi[None, :]).astype(np.float64)
+    mask = lag >= 0
+    lag = np.where(mask, lag, 0.0)
+    cH = jnp.where(mask, gH * jnp.exp(-P.decay_H * lag), 0.0)
+    cp = jnp.where(mask, gp * jnp.exp(-P.decay_p * lag), 0.0)
+    Zr = jnp.concatenate([Fr, H0r], axis=0)  # (2T, m)
+    Zw = jnp.concatenate([Fw, H0w], axis=0)
+    G = Zr @ Zw.T
+    T = len(wi)
+    GFF, GF0, G0F, G00 = G[:T, :T], G[:T, T:], G[T:, :T], G[T:, T:]
+
+    def kern(I1, I2, on_F, on_0):
+        return I1 * on_F + I2 * (on_0 - on_F)
+
+    KHF, KH0 = kern(IH1, IH2, GFF, GF0), kern(IH1, IH2, G0F, G00)
+    KpF, Kp0 = kern(Ip1, Ip2, GFF, GF0), kern(Ip1, Ip2, G0F, G00)
+    Y1, Y2 = (cH * KHF) @ v, (cH * KH0) @ v
+    P1, P2 = jnp.sum(cp * KpF, -1), jnp.sum(cp * Kp0, -1)
+    return Y1, Y2, P1, P2
+
+
+def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
+    dtype = fk.dtype
+    F = jnp.concatenate([fk, fq], axis=0)[sched.source]  # (J, m) drives
+    J = F.shape[0]
+    Dv = v.shape[1]
+    # hidden rates at window starts: h_end_j = c h0_j + (1 - c) F_j
+    c = jnp.exp(-1.0 / P.tau_h)
+    h_end = _affine_scan(jnp.full((J,), c, dtype), (1.0 - c) * F)
+    H0 = _shift_right(h_end)
+    Y1r, Y2r, P1r, P2r = _memory_reads(P, F, H0, v, sched, causal)
+    rj = sched.read_idx
+    Y1 = jnp.zeros((J, Dv), dtype).at[rj].set(Y1r)
+    Y2 = jnp.zeros((J, Dv), dtype).at[rj].set(Y2r)
+    P1 = jnp.zeros((J,), dtype).at[rj].set(P1r)
+    P2 = jnp.zeros((J,), dtype).at[rj].set(P2r)
+    gain = jnp.asarray(sched.gain, dtype)
+    # astrocyte response: exact, a_end_j = e^{-1/tau_a} a0_j + forced_j
+    forced = _a_response(1.0, 0.0, P1, P2, P, gain)
+    a_end = _affine_scan(jnp.full((J,), jnp.exp(-1.0 / P.tau_a), dtype), forced)
+    a0 = _shift_right(a_end)
+    # output neurons: n_sub exponential-midpoint steps from y0 = 0 give the affine map
+    # y_end = Phi_j y0 + Pi_j of each window; then one parallel scan over windows.
+    dt = 1.0 / n_sub
+    log_phi = jnp.zeros((J,), dtype)
+    Pi = jnp.zeros((J, Dv), dtype)
+    for n in range(n_sub):
+        s = (n + 0.5) * dt
+        am = _a_response(s, a0, P1, P2, P, gain)
+        fm = gain[:, None] * jnp.exp(-P.decay_H * s) * (
+            Y1 + (Y2 - Y1) * jnp.exp(-s / P.tau_h)
+        )
+        x = am * dt / P.tau_y
+        Pi = jnp.exp(-x)[:, None] * Pi + ((dt / P.tau_y) * _phi1neg(x))[:, None] * fm
+        log_phi = log_phi - x
+    y_end = _affine_scan(jnp.exp(log_phi), Pi)
+    norm = gain[rj] * (P.eta_p / P.tau_p) * _write_integrals(P.decay_p, P.tau_h, sched.write_delay)[0]
+    out = Readout(y=y_end[rj], a=a_end[rj] / norm)
+    if not trace:
+        return out
+    # window-resolution trace: total process calcium and mean rate at window ends
+    Ip1, Ip2 = _write_integrals(P.decay_p, P.tau_h, sched.write_delay)
+    wmask = jnp.asarray(sched.write, dtype)
+    dp_sum = wmask * (P.eta_p / P.tau_p) * (
+        Ip1 * F.sum(-1) + Ip2 * (H0.sum(-1) - F.sum(-1))
+    )
+    p_sum = _affine_scan(jnp.full((J,), jnp.exp(-P.decay_p), dtype), dp_sum)
+    tr = Trace(
+        t=jnp.arange(1, J + 1, dtype=dtype),
+        h_mean=h_end.mean(-1),
+        p_sum=p_sum,
+        a=a_end,
+        y=y_end,
+    )
+    return out, tr
+
+
+# ---------------------------------------------------------------------- diffrax path
+
+
+def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
+    dtype = fk.dtype
+    F = jnp.concatenate([fk, fq], axis=0)[sched.source]
+    J, m = F.shape
+    Dv = v.shape[1]
+    d = sched.write_delay
+    V = jnp.zeros((J, Dv), dtype).at[sched.write_idx].set(v)
+    # segments per window: [0, d) with plasticity closed, [d, 1) with it open in writes
+    edges = [0.0, d, 1.0] if d > 0 else [0.0, 1.0]
+    nseg = len(edges) - 1
+    wgate = np.zeros((J, nseg))
+    wgate[:, -1] = sched.write
+    rgate = np.tile(sched.read[:, None].astype(float), (1, nseg))
+    xs = (
+        F,
+        V,
+        jnp.asarray(wgate, dtype),
+        jnp.asarray(rgate, dtype),
+        jnp.asarray(sched.gain, dtype),
+        jnp.arange(J, dtype=dtype),
+    )
+    term = diffrax.ODETerm(vector_field)
+    if method.adaptive:
+        controller = diffrax.PIDController(rtol=method.rtol, atol=method.atol)
+    else:
+        controller = diffrax.ConstantStepSize()
+
+    def summary(t, s, args):
+        return (jnp.mean(s.h), jnp.sum(s.p), s.a, s.y)
+
+    def window(state, x):
+        f, vv, wg, rg, g, j = x
+        outs = []
+        for i in range(nseg):
+            t0, t1 = edges[i], edges[i + 1]
+            if trace:
+                n = max(2, round(method.trace_points * (t1 - t0)))
+                ts = jnp.linspace(t0, t1, n + 1)[1:]
+                saveat = diffrax.SaveAt(
+                    subs=[diffrax.SaveAt(t1=True), diffrax.SaveAt(ts=ts, fn=summary)]
+                )
+            else:
+                saveat = diffrax.SaveAt(t1=True)
+            sol = diffrax.diffeqsolve(
+                term,
+                method.solver,
+                t0,
+                t1,
+                dt0=min(method.dt0, t1 - t0),
+                y0=state,
+                args=(P, f, vv, wg[i], rg[i], g),
+                saveat=saveat,
+                stepsize_controller=controller,
+                adjoint=method.adjoint,
+                max_steps=method.max_steps,
+            )
+            if trace:
+                final, dense = sol.ys
+                outs.append((ts + j, dense))
+            else:
+                final = sol.ys
+            state = jax.tree.map(lambda x: x[-1], final)
+        readout = (state.y, state.a)
+        if trace:
+            tr_t = jnp.concatenate([o[0] for o in outs])
+            tr = jax.tree.map(lambda *z: jnp.concatenate(z), *[o[1] for o in outs])
+            return state, (readout, (tr_t, tr))
+        return state, readout
+
+    state0 = zero_state(m, Dv, dtype)
+    if trace:
+        _, (readout, (tt, tr)) = jax.lax.scan(window, state0, xs)
+    else:
+        _, readout = jax.lax.scan(window, state0, xs)
+    y_all, a_all = readout
+    rj = sched.read_idx
+    norm = (
+        jnp.asarray(sched.gain[rj], dtype)
+        * (P.eta_p / P.tau_p)
+        * _write_integrals(P.decay_p, P.tau_h, d)[0]
+    )
+    out = Readout(y=y_all[rj], a=a_all[rj] / norm)
+    if not trace:
+        return out
+    h_mean, p_sum, a_t, y_t = tr
+    return out, Trace(t=tt.reshape(-1), h_mean=h_mean.reshape(-1), p_sum=p_sum.reshape(-1),
+                      a=a_t.reshape(-1), y=y_t.reshape(-1, Dv))
+
+
+# ------------------------------------------------------------------------- interface
+
+
+def integrate(
+    params: NeuronAstrocyteParams,
+    phi_k: jax.Array,
+    phi_q: jax.Array,
+    v: jax.Array,
+    protocol: Protocol,
+    method: FastPath | DiffraxPath = FastPath(),
+    *,
+    trace: bool = False,
+):
+    """Simulate one head driven by precomputed hidden-neuron drives.
+
+    Args:
+        params: :class:`~astrojax.dynamics.NeuronAstrocyteParams`.
+        phi_k, phi_q: ``(T, m)`` feature drives of the write and read windows.
+        v: ``(T, Dv)`` values.
+        protocol: :class:`~astrojax.protocol.Protocol`.
+        method: :class:`FastPath` or :class:`DiffraxPath`.
+        trace: also return a :class:`Trace` (dense for the Diffrax path, one sample
+            per window end for the fast path).
+
+    Returns:
+        :class:`Readout` (or ``(Readout, Trace)``). jit-, vmap- and grad-compatible.
+    """
+    T = phi_k.shape[0]
+    sched = protocol.schedule(T)
+    if isinstance(method, FastPath):
+        return _fast(params, phi_k, phi_q, v, sched, protocol.causal, method.n_sub, trace)
+    if isinstance(method, DiffraxPath):
+        return _diffrax(params, phi_k, phi_q, v, sched, method, trace)
+    raise TypeError(f"`method` must be FastPath(...) or DiffraxPath(...), got {type(method).__name__}")

@@ -1,0 +1,104 @@
+r"""Closed forms the simulated network is compared against (MODEL.md sections 1 and 4).
+
+All functions take one head's projections ``q, k`` of shape ``(T, D)`` and ``v`` of
+shape ``(T, Dv)`` *as produced by the projections*, and apply the ``D**-1/4`` scaling
+of queries and keys themselves. They return ``(y, normaliser)``:
+
+- :func:`softmax_attention` -> ``(y, Z)`` with ``Z_t = sum_tau exp(q~_t . k~_tau)``.
+- :func:`random_feature_attention` -> ``(y, a)`` with
+  ``a_t = phi(q~_t) . sum_tau phi(k~_tau)`` (the astrocyte response in the timescale limit).
+- :func:`leaky_random_feature_attention` -> the exponentially recency-weighted RFA that
+  the ODE with leak converges to.
+
+Sums run over all tokens (bidirectional) or ``tau <= t`` (``causal=True``). Everything is
+computed with shared shifts in log space, so large inputs do not overflow in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._validate import check_nonnegative, check_qkv, fourth_root_scale
+from .features import AbstractFeatureMap, as_feature_map
+
+__all__ = ["softmax_attention", "random_feature_attention", "leaky_random_feature_attention"]
+
+
+def _scaled(q, k):
+    s = fourth_root_scale(q.shape[-1])
+    return q * s, k * s
+
+
+def softmax_attention(q, k, v, *, causal: bool = False):
+    """Softmax self-attention of one head: ``y_t = sum_tau v_tau exp(q~_t.k~_tau) / Z_t``.
+
+    Returns ``(y, Z)``, ``y`` of shape ``(T, Dv)``, ``Z`` of shape ``(T,)``.
+    """
+    q, k, v = check_qkv(q, k, v)
+    qs, ks = _scaled(q, k)
+    logits = qs @ ks.T
+    if causal:
+        T = q.shape[0]
+        logits = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits, -jnp.inf)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    w = jnp.exp(logits - lse[:, None])
+    return w @ v, jnp.exp(lse)
+
+
+def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights):
+    """``y_t = sum_tau w_{t,tau} v_tau K_{t,tau} / a_t``, ``a_t = sum_tau w K`` with
+    ``K = phi(q~_t) . phi(k~_tau)``; shared shifts keep exponentials in range."""
+    qs, ks = _scaled(q, k)
+    if fmap.positive:
+        lq, lk = fmap.log_features(qs), fmap.log_features(ks)
+        sq = jax.lax.stop_gradient(jnp.max(lq))
+        sk = jax.lax.stop_gradient(jnp.max(lk))
+        kern = jnp.exp(lq - sq) @ jnp.exp(lk - sk).T
+        log_scale = sq + sk
+    else:
+        kern = fmap(qs) @ fmap(ks).T
+        log_scale = 0.0
+    kern = kern * weights
+    a = jnp.sum(kern, axis=-1)
+    y = (kern @ v) / a[:, None]
+    return y, a * jnp.exp(log_scale)
+
+
+def random_feature_attention(q, k, v, W, *, causal: bool = False):
+    """Random-feature attention (the neuron--astrocyte network's closed form).
+
+    ``W`` is the ``(m, D)`` hidden-neuron input weight matrix of the paper's performer
+    map, or any :class:`~astrojax.features.AbstractFeatureMap`. Returns ``(y, a)``.
+    """
+    q, k, v = check_qkv(q, k, v)
+    fmap = as_feature_map(W)
+    T = q.shape[0]
+    weights = jnp.tril(jnp.ones((T, T), q.dtype)) if causal else jnp.ones((T, T), q.dtype)
+    return _weighted_rfa(q, k, v, fmap, weights)
+
+
+def leaky_random_feature_attention(q, k, v, W, *, decay, causal: bool = False):
+    """Exponentially recency-weighted RFA: the limit of the ODE with leak.
+
+    ``decay`` is the leak rate of synapses and processes per window,
+    ``kappa = lambda_H/tau_H = lambda_p/tau_p`` (both must be equal for this closed form).
+    A token written in window ``i`` is weighted at a read ending with window ``j`` by
+    ``exp(-kappa (j - i))``. Windows: bidirectional writes ``0..T-1`` then reads
+    ``T..2T-1``; causal alternates write ``2t`` and read ``2t+1``. ``a`` is the decayed
+    astrocyte response, ``a_t = sum_tau exp(-kappa (j_t - i_tau)) phi(q~_t).phi(k~_tau)``.
+    In the simulator the lag of ``a`` adds a relative error ``~ kappa tau_a``.
+    """
+    q, k, v = check_qkv(q, k, v)
+    check_nonnegative("decay", decay)
+    fmap = as_feature_map(W)
+    T = q.shape[0]
+    t = jnp.arange(T)
+    if causal:
+        dist = 2.0 * (t[:, None] - t[None, :]) + 1.0
+        mask = t[:, None] >= t[None, :]
+    else:
+        dist = (T + t[:, None]) - t[None, :]
+        mask = jnp.ones((T, T), bool)
+    weights = jnp.where(mask, jnp.exp(-decay * jnp.where(mask, dist, 0.0)), 0.0).astype(q.dtype)
+    return _weighted_rfa(q, k, v, fmap, weights)

@@ -1,0 +1,145 @@
+"""Independent numpy/scipy reference for the one-head neuron-astrocyte ODE model.
+
+Deliberately written straight from the equations (no closed forms, no JAX, no
+code shared with the library solver) so tests can compare the library against it.
+
+State (all zeros at t=0), time unit = one token window of length 1:
+    tau_h dh/dt = f - h
+    tau_H dH/dt = w eta_H outer(v, h) - lambda_H H
+    tau_p dp/dt = w eta_p h            - lambda_p p
+    tau_a da/dt = r g dot(p, h)        - a
+    tau_y dy/dt = r g (H @ h)          - a y
+"""
+import numpy as np
+from scipy.integrate import solve_ivp
+
+PROTOCOLS = ("bidirectional", "causal")
+
+
+def _windows(phi_k, phi_q, v, protocol):
+    """List of (kind, token, drive f, value v, read gain g) in episode order."""
+    T = phi_k.shape[0]
+    zero_v = np.zeros(v.shape[1])
+    W = lambda t: ("write", t, phi_k[t], v[t], 0.0)
+    if protocol == "bidirectional":
+        return [W(t) for t in range(T)] + [("read", t, phi_q[t], zero_v, 1.0 / T) for t in range(T)]
+    out = []
+    for t in range(T):
+        out += [W(t), ("read", t, phi_q[t], zero_v, 1.0 / (t + 1))]
+    return out
+
+
+def scipy_simulate(phi_k, phi_q, v, *, protocol, tau_h, tau_H, tau_p, tau_a, tau_y,
+                   eta_H=1.0, eta_p=1.0, lambda_H=0.0, lambda_p=0.0, write_delay=0.0,
+                   rtol=1e-10, atol=1e-12, method="LSODA", return_trace=False):
+    """Simulate the episode segment by segment with scipy.integrate.solve_ivp.
+
+    Returns dict with 'y' (T, Dv) and 'a' (T,): y and a at the END of each READ
+    window (token order), plus final states 'p_end' (m,), 'H_end' (Dv, m), 'h_end' (m,).
+    If return_trace: also 't' (N,), 'a_t' (N,), 'y_t' (N, Dv), 'psum_t' (N,),
+    'hmean_t' (N,) sampled at 20 points per window (from each segment's own dense output).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    d = float(write_delay)
+    if not 0.0 <= d < 1.0:
+        raise ValueError(f"write_delay must be in [0, 1), got {d}")
+    phi_k = np.asarray(phi_k, dtype=np.float64)
+    phi_q = np.asarray(phi_q, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    T, m = phi_k.shape
+    Dv = v.shape[1]
+    if phi_q.shape != (T, m) or v.shape[0] != T:
+        raise ValueError("shape mismatch: phi_k (T,m), phi_q (T,m), v (T,Dv) required")
+
+    # Flat state layout: [h (m) | H (Dv*m, row-major) | p (m) | a (1) | y (Dv)]
+    sh, sH = slice(0, m), slice(m, m + Dv * m)
+    sp = slice(m + Dv * m, 2 * m + Dv * m)
+    ia = 2 * m + Dv * m
+    sy = slice(ia + 1, ia + 1 + Dv)
+    n = ia + 1 + Dv
+
+    def rhs(_t, x, f, val, w, r, g):
+        h, H, p, a, y = x[sh], x[sH].reshape(Dv, m), x[sp], x[ia], x[sy]
+        dx = np.empty(n)
+        dx[sh] = (f - h) / tau_h
+        dx[sH] = ((w * eta_H * np.outer(val, h) - lambda_H * H) / tau_H).ravel()
+        dx[sp] = (w * eta_p * h - lambda_p * p) / tau_p
+        dx[ia] = (r * g * np.dot(p, h) - a) / tau_a
+        dx[sy] = (r * g * (H @ h) - a * y) / tau_y
+        return dx
+
+    def jac(_t, x, f, val, w, r, g):
+        h, H, p, a, y = x[sh], x[sH].reshape(Dv, m), x[sp], x[ia], x[sy]
+        J = np.zeros((n, n))
+        J[sh, sh] = -np.eye(m) / tau_h
+        for i in range(Dv):  # dH_ij/dt depends on h_j and H_ij
+            rows = slice(m + i * m, m + (i + 1) * m)
+            J[rows, sh] = w * eta_H * val[i] * np.eye(m) / tau_H
+            J[rows, rows] = -lambda_H * np.eye(m) / tau_H
+        J[sp, sh] = w * eta_p * np.eye(m) / tau_p
+        J[sp, sp] = -lambda_p * np.eye(m) / tau_p
+        J[ia, sh] = r * g * p / tau_a
+        J[ia, sp] = r * g * h / tau_a
+        J[ia, ia] = -1.0 / tau_a
+        J[sy, sh] = r * g * H / tau_y
+        for k in range(Dv):  # d(H@h)_k / dH_kj = h_j
+            J[ia + 1 + k, m + k * m:m + (k + 1) * m] = r * g * h / tau_y
+        J[sy, ia] = -y / tau_y
+        J[sy, sy] = -a * np.eye(Dv) / tau_y
+        return J
+
+    x = np.zeros(n)
+    t0 = 0.0
+    y_out, a_out = np.zeros((T, Dv)), np.zeros(T)
+    tr_t, tr_x = [], []
+    jac_kw = {"jac": jac} if method in ("LSODA", "Radau", "BDF") else {}
+    n_pts = 20
+    for kind, tok, f, val, g in _windows(phi_k, phi_q, v, protocol):
+        if kind == "write":  # r = 0; gate w closed on [0, d), open on [d, 1]
+            segs = ([(d, 0.0)] if d > 0 else []) + [(1.0 - d, 1.0)]
+            r = 0.0
+        else:                # w = 0, r = 1 with read gain g
+            segs, r = [(1.0, 0.0)], 1.0
+        win_start = t0
+        for length, w in segs:
+            args = (f, val, w, r, g)
+            sol = solve_ivp(rhs, (t0, t0 + length), x, method=method, args=args,
+                            rtol=rtol, atol=atol, dense_output=return_trace, **jac_kw)
+            if not sol.success:
+                raise RuntimeError(f"solve_ivp failed in {kind} window of token {tok}: {sol.message}")
+            if return_trace:  # trace points strictly inside / at end of this segment
+                ts = win_start + np.arange(1, n_pts + 1) / n_pts
+                ts = ts[(ts > t0) & (ts <= t0 + length + 1e-12)]
+                if ts.size:
+                    tr_t.append(ts)
+                    tr_x.append(sol.sol(ts).T)
+            x = sol.y[:, -1].copy()   # exact segment end state, carried forward
+            t0 = t0 + length
+        t0 = win_start + 1.0
+        if kind == "read":
+            y_out[tok] = x[sy]
+            a_out[tok] = x[ia]
+
+    out = {"y": y_out, "a": a_out, "p_end": x[sp].copy(),
+           "H_end": x[sH].reshape(Dv, m).copy(), "h_end": x[sh].copy()}
+    if return_trace:
+        X = np.concatenate(tr_x, axis=0)
+        out.update(t=np.concatenate(tr_t), a_t=X[:, ia], y_t=X[:, sy],
+                   psum_t=X[:, sp].sum(axis=1), hmean_t=X[:, sh].mean(axis=1))
+    return out
+
+
+def closed_form_rfa(phi_k, phi_q, v, causal):
+    """Random-feature attention: a_t = phi_q[t] . sum_{tau in S_t} phi_k[tau],
+    y_t = sum_{tau in S_t} v[tau] (phi_q[t] . phi_k[tau]) / a_t,
+    with S_t = all tokens (causal=False) or tau <= t (causal=True). Returns (y, a)."""
+    phi_k = np.asarray(phi_k, dtype=np.float64)
+    phi_q = np.asarray(phi_q, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    S = phi_q @ phi_k.T  # S[t, tau]
+    if causal:
+        S = np.tril(S)
+    a = S.sum(axis=1)
+    y = (S @ v) / a[:, None]
+    return y, a
