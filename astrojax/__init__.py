@@ -11,3 +11,31 @@ from .features import (
 from .integrate import DiffraxPath, FastPath, Readout, Trace, integrate
 from .oracles import leaky_random_feature_attention, random_feature_attention, softmax_attention
 from .protocol import Protocol
+from .simulate import simulate_attention
+from .layers import NeuronAstrocyteAttention, TransformerBlock, TransformerStack
+
+__all__ = [
+    "simulate_attention",
+    "softmax_attention",
+    "random_feature_attention",
+    "leaky_random_feature_attention",
+    "NeuronAstrocyteParams",
+    "State",
+    "vector_field",
+    "Protocol",
+    "FastPath",
+    "DiffraxPath",
+    "Readout",
+    "Trace",
+    "integrate",
+    "AbstractFeatureMap",
+    "PerformerFeatures",
+    "SaturatingFeatures",
+    "CosineFeatures",
+    "LearnedExpFeatures",
+    "make_feature_map",
+    "NeuronAstrocyteAttention",
+    "TransformerBlock",
+    "TransformerStack",
+]
+__version__ = "0.1.0"

@@ -301,7 +301,7 @@ def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
                 n = max(2, round(method.trace_points * (t1 - t0)))
                 ts = jnp.linspace(t0, t1, n + 1)[1:]
                 saveat = diffrax.SaveAt(
-                    subs=[diffrax.SaveAt(t1=True), diffrax.SaveAt(ts=ts, fn=summary)]
+                    subs=[diffrax.SubSaveAt(t1=True), diffrax.SubSaveAt(ts=ts, fn=summary)]
                 )
             else:
                 saveat = diffrax.SaveAt(t1=True)
