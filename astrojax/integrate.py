@@ -114,10 +114,12 @@ def _dd(x, y):
     return jnp.exp(-jnp.minimum(x, y)) * _phi1neg(jnp.abs(y - x))
 
 
-def _affine_scan(A, B):
-    """All ``z_j = A_j z_{j-1} + B_j`` with ``z_{-1} = 0``, in parallel.
+def _affine_scan(A, B, init=None, reverse=False):
+    """All ``z_j = A_j z_{j-1} + B_j`` (``z_{-1} = init``, default 0), in parallel.
 
-    ``A`` has shape ``(J,)``, ``B`` shape ``(J, ...)``; returns ``z`` like ``B``."""
+    ``A`` has shape ``(J,)``, ``B`` shape ``(J, ...)``; returns ``z`` like ``B``. With
+    ``reverse=True`` the recurrence runs from the last index down:
+    ``z_j = A_j z_{j+1} + B_j``."""
 
     def combine(e1, e2):
         a1, b1 = e1
@@ -125,12 +127,25 @@ def _affine_scan(A, B):
         a2b = a2.reshape(a2.shape + (1,) * (b1.ndim - a2.ndim))
         return a1 * a2, a2b * b1 + b2
 
-    return jax.lax.associative_scan(combine, (A, B))[1]
+    if init is not None:
+        i0 = -1 if reverse else 0
+        B = B.at[i0].add(A[i0].reshape(A[i0].shape + (1,) * (B.ndim - 1)) * init)
+    return jax.lax.associative_scan(combine, (A, B), reverse=reverse)[1]
 
 
-def _shift_right(z):
-    """Window-start values from window-end values (the first window starts at 0)."""
-    return jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
+def _shift_right(z, first=None):
+    """Window-start values from window-end values (the first window starts at ``first``)."""
+    head = jnp.zeros_like(z[:1]) if first is None else jnp.asarray(first, z.dtype)[None]
+    return jnp.concatenate([head, z[:-1]], axis=0)
+
+
+def _shift_left(z):
+    return jnp.concatenate([z[1:], jnp.zeros_like(z[:1])], axis=0)
+
+
+def _starts(A, B, init):
+    """Start values ``z_{j-1}`` of the recurrence ``z_j = A_j z_{j-1} + B_j``, ``z_{-1} = init``."""
+    return _shift_right(_affine_scan(A, B, init), init)
 
 
 def _write_integrals(decay, tau_h, d):
@@ -166,21 +181,7 @@ def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
     wi, rj = sched.write_idx, sched.read_idx
     Fw, H0w, Fr, H0r = F[wi], H0[wi], F[rj], H0[rj]
     if not causal:
-        # all reads see the same memory, decayed by the windows since the last write.
-        T = len(wi)
-        age = (T - 1 - np.arange(T)).astype(np.float64)  # windows from write end to read start
-        cH = gH * jnp.exp(-P.decay_H * age)
-        cp = gp * jnp.exp(-P.decay_p * age)
-        XH = IH1 * Fw + IH2 * (H0w - Fw)
-        Xp = Ip1 * Fw + Ip2 * (H0w - Fw)
-        Hmem = (v * cH[:, None]).T @ XH  # (Dv, m) at the end of writing
-        pmem = cp @ Xp  # (m,)
-        since = np.arange(T).astype(np.float64)  # read windows since the end of writing
-        dH = jnp.exp(-P.decay_H * since)[:, None]
-        dp = jnp.exp(-P.decay_p * since)
-        Y1, Y2 = (Fr @ Hmem.T) * dH, (H0r @ Hmem.T) * dH
-        P1, P2 = (Fr @ pmem) * dp, (H0r @ pmem) * dp
-        return Y1, Y2, P1, P2
+        return _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp)
     # causal: masked kernel between read windows j and earlier write windows i.
     lag = (rj[:, None] - 1 - wi[None, :]).astype(np.float64)
     mask = lag >= 0
@@ -201,6 +202,34 @@ def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
     Y1, Y2 = (cH * KHF) @ v, (cH * KH0) @ v
     P1, P2 = jnp.sum(cp * KpF, -1), jnp.sum(cp * Kp0, -1)
     return Y1, Y2, P1, P2
+
+
+def _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp):
+    """Linear-attention form: every read sees the memory left at the end of writing,
+    decayed by the read windows since. All recurrences over windows run in the
+    projected (Dv- or 1-dimensional) spaces, never over the m hidden neurons."""
+    T = len(sched.write_idx)
+    Fw, Fr = F[: T], F[T:]  # bidirectional: windows 0..T-1 write, T..2T-1 read
+    dtype = F.dtype
+    c = jnp.exp(-1.0 / P.tau_h)
+    age = jnp.arange(T - 1, -1, -1, dtype=dtype)  # windows from a write's end to the first read
+    u = v * (gH * jnp.exp(-P.decay_H * age))[:, None]  # (T, Dv)
+    up = gp * jnp.exp(-P.decay_p * age)  # (T,)
+    # sum_i u_i h0_i^T = sum_l z_l F_l^T with z_l = (1-c) sum_{i>l} c^{i-1-l} u_i
+    cc = jnp.full((T,), c, dtype)
+    z = (1.0 - c) * _shift_left(_affine_scan(cc, u, reverse=True))
+    zp = (1.0 - c) * _shift_left(_affine_scan(cc, up, reverse=True))
+    Hmem = ((IH1 - IH2) * u + IH2 * z).T @ Fw  # (Dv, m) at the end of writing
+    pmem = ((Ip1 - Ip2) * up + Ip2 * zp) @ Fw  # (m,)
+    # hidden rates at the end of writing, then h0 of the reads, projected on H and p
+    h_last = ((1.0 - c) * c ** jnp.arange(T - 1, -1, -1, dtype=dtype)) @ Fw
+    FrH, Frp = Fr @ Hmem.T, Fr @ pmem
+    H0r = _starts(cc, (1.0 - c) * FrH, Hmem @ h_last)
+    p0r = _starts(cc, (1.0 - c) * Frp, pmem @ h_last)
+    since = jnp.arange(T, dtype=dtype)  # read windows since the end of writing
+    dH = jnp.exp(-P.decay_H * since)[:, None]
+    dp = jnp.exp(-P.decay_p * since)
+    return FrH * dH, H0r * dH, Frp * dp, p0r * dp
 
 
 def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
