@@ -59,10 +59,18 @@ class Trace(eqx.Module):
 
 
 class FastPath(eqx.Module):
-    """Exact exponential updates + parallel scans; ``n_sub`` exponential-midpoint steps
-    per window for the shunted read-out."""
+    """Exact exponential updates; ``n_sub`` exponential-midpoint steps per window for
+    the shunted read-out (second order in ``1/n_sub``; in the timescale limit any
+    ``n_sub >= 1`` lands on the closed form).
+
+    ``parallel_scan=True`` solves the window-to-window recurrences with
+    ``lax.associative_scan`` (log depth; for long sequences on GPU/TPU) instead of
+    ``lax.scan`` (faster to compile, and faster on CPU: measured 2.5 vs 6.7 ms, batch 8,
+    T = 128, m = 256).
+    """
 
     n_sub: int = eqx.field(static=True, default=4)
+    parallel_scan: bool = eqx.field(static=True, default=False)
 
     def __post_init__(self):
         check_int("n_sub", self.n_sub)
@@ -114,8 +122,12 @@ def _dd(x, y):
     return jnp.exp(-jnp.minimum(x, y)) * _phi1neg(jnp.abs(y - x))
 
 
-def _affine_scan(A, B, init=None, reverse=False):
-    """All ``z_j = A_j z_{j-1} + B_j`` (``z_{-1} = init``, default 0), in parallel.
+def _affine_scan(A, B, init=None, reverse=False, parallel=False):
+    """All ``z_j = A_j z_{j-1} + B_j`` (``z_{-1} = init``, default 0).
+
+    ``parallel=False``: a ``lax.scan`` (fastest to compile, and on CPU also to run);
+    ``parallel=True``: ``lax.associative_scan`` (``O(log J)`` depth, for long sequences
+    on accelerators).
 
     ``A`` has shape ``(J,)``, ``B`` shape ``(J, ...)``; returns ``z`` like ``B``. With
     ``reverse=True`` the recurrence runs from the last index down:
@@ -127,9 +139,18 @@ def _affine_scan(A, B, init=None, reverse=False):
         a2b = a2.reshape(a2.shape + (1,) * (b1.ndim - a2.ndim))
         return a1 * a2, a2b * b1 + b2
 
+    if not parallel:
+        z0 = jnp.zeros_like(B[0]) if init is None else jnp.broadcast_to(init, B[0].shape).astype(B.dtype)
+
+        def step(z, ab):
+            a, b = ab
+            z = a * z + b
+            return z, z
+
+        return jax.lax.scan(step, z0, (A, B), reverse=reverse)[1]
     if init is not None:
         i0 = -1 if reverse else 0
-        B = B.at[i0].add(A[i0].reshape(A[i0].shape + (1,) * (B.ndim - 1)) * init)
+        B = B.at[i0].add(A[i0] * init)
     return jax.lax.associative_scan(combine, (A, B), reverse=reverse)[1]
 
 
@@ -143,9 +164,9 @@ def _shift_left(z):
     return jnp.concatenate([z[1:], jnp.zeros_like(z[:1])], axis=0)
 
 
-def _starts(A, B, init):
+def _starts(A, B, init, parallel):
     """Start values ``z_{j-1}`` of the recurrence ``z_j = A_j z_{j-1} + B_j``, ``z_{-1} = init``."""
-    return _shift_right(_affine_scan(A, B, init), init)
+    return _shift_right(_affine_scan(A, B, init, parallel=parallel), init)
 
 
 def _write_integrals(decay, tau_h, d):
@@ -169,7 +190,7 @@ def _a_response(s, a0, P1, P2, P: NeuronAstrocyteParams, gain):
 # ------------------------------------------------------------------------- fast path
 
 
-def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
+def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool, par: bool):
     """For each read window j: ``H_j F_j``, ``H_j h0_j`` (Dv) and ``p_j . F_j``,
     ``p_j . h0_j`` (scalars), with ``H_j``, ``p_j`` the synapses/processes at the start
     of window j and ``h0_j`` the hidden rates there."""
@@ -178,14 +199,14 @@ def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
     Ip1, Ip2 = _write_integrals(P.decay_p, P.tau_h, d)
     gH = P.eta_H / P.tau_H
     gp = P.eta_p / P.tau_p
+    if not causal:
+        return _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp, par)
     wi, rj = sched.write_idx, sched.read_idx
     Fw, H0w, Fr, H0r = F[wi], H0[wi], F[rj], H0[rj]
-    if not causal:
-        return _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp)
     # causal: masked kernel between read windows j and earlier write windows i.
     lag = (rj[:, None] - 1 - wi[None, :]).astype(np.float64)
     mask = lag >= 0
-    lag = np.where(mask, lag, 0.0)
+    lag = jnp.asarray(np.where(mask, lag, 0.0), F.dtype)
     cH = jnp.where(mask, gH * jnp.exp(-P.decay_H * lag), 0.0)
     cp = jnp.where(mask, gp * jnp.exp(-P.decay_p * lag), 0.0)
     Zr = jnp.concatenate([Fr, H0r], axis=0)  # (2T, m)
@@ -204,7 +225,7 @@ def _memory_reads(P, F, H0, v, sched: Schedule, causal: bool):
     return Y1, Y2, P1, P2
 
 
-def _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp):
+def _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp, par):
     """Linear-attention form: every read sees the memory left at the end of writing,
     decayed by the read windows since. All recurrences over windows run in the
     projected (Dv- or 1-dimensional) spaces, never over the m hidden neurons."""
@@ -217,31 +238,35 @@ def _bidirectional_reads(P, F, v, sched, IH1, IH2, Ip1, Ip2, gH, gp):
     up = gp * jnp.exp(-P.decay_p * age)  # (T,)
     # sum_i u_i h0_i^T = sum_l z_l F_l^T with z_l = (1-c) sum_{i>l} c^{i-1-l} u_i
     cc = jnp.full((T,), c, dtype)
-    z = (1.0 - c) * _shift_left(_affine_scan(cc, u, reverse=True))
-    zp = (1.0 - c) * _shift_left(_affine_scan(cc, up, reverse=True))
+    z = (1.0 - c) * _shift_left(_affine_scan(cc, u, reverse=True, parallel=par))
+    zp = (1.0 - c) * _shift_left(_affine_scan(cc, up, reverse=True, parallel=par))
     Hmem = ((IH1 - IH2) * u + IH2 * z).T @ Fw  # (Dv, m) at the end of writing
     pmem = ((Ip1 - Ip2) * up + Ip2 * zp) @ Fw  # (m,)
     # hidden rates at the end of writing, then h0 of the reads, projected on H and p
     h_last = ((1.0 - c) * c ** jnp.arange(T - 1, -1, -1, dtype=dtype)) @ Fw
     FrH, Frp = Fr @ Hmem.T, Fr @ pmem
-    H0r = _starts(cc, (1.0 - c) * FrH, Hmem @ h_last)
-    p0r = _starts(cc, (1.0 - c) * Frp, pmem @ h_last)
+    H0r = _starts(cc, (1.0 - c) * FrH, Hmem @ h_last, par)
+    p0r = _starts(cc, (1.0 - c) * Frp, pmem @ h_last, par)
     since = jnp.arange(T, dtype=dtype)  # read windows since the end of writing
     dH = jnp.exp(-P.decay_H * since)[:, None]
     dp = jnp.exp(-P.decay_p * since)
     return FrH * dH, H0r * dH, Frp * dp, p0r * dp
 
 
-def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
+def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool, par: bool):
     dtype = fk.dtype
     F = jnp.concatenate([fk, fq], axis=0)[sched.source]  # (J, m) drives
     J = F.shape[0]
     Dv = v.shape[1]
     # hidden rates at window starts: h_end_j = c h0_j + (1 - c) F_j
     c = jnp.exp(-1.0 / P.tau_h)
-    h_end = _affine_scan(jnp.full((J,), c, dtype), (1.0 - c) * F)
-    H0 = _shift_right(h_end)
-    Y1r, Y2r, P1r, P2r = _memory_reads(P, F, H0, v, sched, causal)
+    # (an m-space recurrence: the bidirectional reads avoid it, see _bidirectional_reads)
+    if causal or trace:
+        h_end = _affine_scan(jnp.full((J,), c, dtype), (1.0 - c) * F, parallel=par)
+        H0 = _shift_right(h_end)
+    else:
+        H0 = None
+    Y1r, Y2r, P1r, P2r = _memory_reads(P, F, H0, v, sched, causal, par)
     rj = sched.read_idx
     Y1 = jnp.zeros((J, Dv), dtype).at[rj].set(Y1r)
     Y2 = jnp.zeros((J, Dv), dtype).at[rj].set(Y2r)
@@ -250,7 +275,7 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
     gain = jnp.asarray(sched.gain, dtype)
     # astrocyte response: exact, a_end_j = e^{-1/tau_a} a0_j + forced_j
     forced = _a_response(1.0, 0.0, P1, P2, P, gain)
-    a_end = _affine_scan(jnp.full((J,), jnp.exp(-1.0 / P.tau_a), dtype), forced)
+    a_end = _affine_scan(jnp.full((J,), jnp.exp(-1.0 / P.tau_a), dtype), forced, parallel=par)
     a0 = _shift_right(a_end)
     # output neurons: n_sub exponential-midpoint steps from y0 = 0 give the affine map
     # y_end = Phi_j y0 + Pi_j of each window; then one parallel scan over windows.
@@ -266,7 +291,7 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
         x = am * dt / P.tau_y
         Pi = jnp.exp(-x)[:, None] * Pi + ((dt / P.tau_y) * _phi1neg(x))[:, None] * fm
         log_phi = log_phi - x
-    y_end = _affine_scan(jnp.exp(log_phi), Pi)
+    y_end = _affine_scan(jnp.exp(log_phi), Pi, parallel=par)
     norm = gain[rj] * (P.eta_p / P.tau_p) * _write_integrals(P.decay_p, P.tau_h, sched.write_delay)[0]
     out = Readout(y=y_end[rj], a=a_end[rj] / norm)
     if not trace:
@@ -277,7 +302,7 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool):
     dp_sum = wmask * (P.eta_p / P.tau_p) * (
         Ip1 * F.sum(-1) + Ip2 * (H0.sum(-1) - F.sum(-1))
     )
-    p_sum = _affine_scan(jnp.full((J,), jnp.exp(-P.decay_p), dtype), dp_sum)
+    p_sum = _affine_scan(jnp.full((J,), jnp.exp(-P.decay_p), dtype), dp_sum, parallel=par)
     tr = Trace(
         t=jnp.arange(1, J + 1, dtype=dtype),
         h_mean=h_end.mean(-1),
@@ -337,9 +362,9 @@ def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
             sol = diffrax.diffeqsolve(
                 term,
                 method.solver,
-                t0,
-                t1,
-                dt0=min(method.dt0, t1 - t0),
+                jnp.asarray(t0, dtype),
+                jnp.asarray(t1, dtype),
+                dt0=jnp.asarray(min(method.dt0, t1 - t0), dtype),
                 y0=state,
                 args=(P, f, vv, wg[i], rg[i], g),
                 saveat=saveat,
@@ -410,7 +435,7 @@ def integrate(
     T = phi_k.shape[0]
     sched = protocol.schedule(T)
     if isinstance(method, FastPath):
-        return _fast(params, phi_k, phi_q, v, sched, protocol.causal, method.n_sub, trace)
+        return _fast(params, phi_k, phi_q, v, sched, protocol.causal, method.n_sub, trace, method.parallel_scan)
     if isinstance(method, DiffraxPath):
         return _diffrax(params, phi_k, phi_q, v, sched, method, trace)
     raise TypeError(f"`method` must be FastPath(...) or DiffraxPath(...), got {type(method).__name__}")

@@ -103,7 +103,7 @@ def plot_episode(trace, y, a, y_ref, a_ref, path, title=None, *, protocol=None, 
         ax_h.legend(loc="best", fontsize=8)
 
     ax_p.plot(t, p_sum, color="tab:brown", **style)
-    ax_p.set_ylabel(r"total process calcium $\sum_i p_i$")
+    ax_p.set_ylabel("total process calcium (sum of p)")
     ax_p.set_title("astrocyte processes")
 
     ax_a.plot(t, a_tr, color="tab:red", **style)
@@ -122,8 +122,8 @@ def plot_episode(trace, y, a, y_ref, a_ref, path, title=None, *, protocol=None, 
         ax_y.plot(tok, y_ref[:, d], "-", color=c, alpha=0.6, lw=1.5, label=f"closed form [{d}]")
         ax_y.plot(tok, y[:, d], "o", color=c, mfc="none", ms=7, mew=1.5, label=f"simulated [{d}]")
     ax_y.set_xlabel("token index")
-    ax_y.set_ylabel("read-out y (end of read window)")
-    ax_y.set_title(f"read-out vs closed form (rel. err {_rel(y, y_ref):.2e})")
+    ax_y.set_ylabel("read-out y")
+    ax_y.set_title(f"read-out at read-window ends vs closed form (rel. err {_rel(y, y_ref):.1e})", fontsize=10)
     ax_y.legend(loc="best", fontsize=7, ncol=2)
     ax_y.grid(alpha=0.3)
 
@@ -131,7 +131,7 @@ def plot_episode(trace, y, a, y_ref, a_ref, path, title=None, *, protocol=None, 
     ax_an.plot(tok, a, "o", color="tab:red", mfc="none", ms=7, mew=1.5, label="simulated (normalised)")
     ax_an.set_xlabel("token index")
     ax_an.set_ylabel("normalised astrocyte response $a_t$")
-    ax_an.set_title(f"astrocyte response vs closed form (rel. err {_rel(a, a_ref):.2e})")
+    ax_an.set_title(f"astrocyte response vs closed form (rel. err {_rel(a, a_ref):.1e})", fontsize=10)
     ax_an.legend(loc="best", fontsize=8)
     ax_an.grid(alpha=0.3)
     for ax in (ax_y, ax_an):

@@ -1,0 +1,471 @@
+"""The ``astrojax`` command line: ``astrojax <subcommand> [hydra overrides...]``.
+
+Each subcommand is one entry of :data:`SUBCOMMANDS`. A Hydra-configured subcommand is
+``hydra_app(config_name, "module:job_function")`` with its config in
+``astrojax/conf/<config_name>.yaml`` (also reachable as ``configs/`` at the repository
+root); the job module is imported only when the subcommand runs, so ``astrojax --help``
+stays fast. Hydra stays at this edge: jobs turn the config into plain library objects.
+
+Examples::
+
+    astrojax simulate                                  # defaults of conf/simulate.yaml
+    astrojax simulate T=32 m=512 protocol=causal
+    astrojax simulate method=diffrax solver=kvaerno5 params.tau_a=0.5
+    astrojax simulate hydra.run.dir=/tmp/run1 x64=true
+    astrojax simulate -m m=64,256,1024                 # Hydra sweep
+    astrojax simulate --help                           # Hydra's help and the config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+__all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "run_simulate"]
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the config key."""
+
+
+# ----------------------------------------------------------------------- dispatch
+
+
+def _resolve(target: str | Callable) -> Callable:
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def hydra_app(config_name: str, job: str | Callable) -> Callable[[str, list[str]], int]:
+    """A subcommand runner: Hydra app with ``conf/<config_name>.yaml`` around ``job(cfg)``.
+
+    ``job`` is a callable or a lazily imported ``"module:function"``.
+    """
+
+    def run(prog: str, argv: list[str]) -> int:
+        import hydra
+
+        task = _resolve(job)
+        app = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)
+        saved = sys.argv
+        sys.argv = [prog, *argv]  # hydra parses sys.argv[1:]
+        try:
+            app()
+        finally:
+            sys.argv = saved
+        return 0
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """``help``: one line for ``astrojax --help``; ``run(prog, argv) -> exit code``."""
+
+    help: str
+    run: Callable[[str, list[str]], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "simulate": Subcommand(
+        "simulate one head on one episode and compare with closed-form attention",
+        hydra_app("simulate", "astrojax.cli:simulate_job"),
+    ),
+    # future subcommands, one entry each, e.g.
+    # "train": Subcommand("train a neuron-astrocyte transformer", hydra_app("train", "astrojax.train.app:train_job")),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS)) + 2
+    lines = [
+        "usage: astrojax <subcommand> [hydra overrides...]",
+        "       astrojax <subcommand> --help    (Hydra help: config keys and override syntax)",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}{cmd.help}" for name, cmd in SUBCOMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help     show this message and exit",
+        "  --version      print the astrojax version and exit",
+        "",
+        "example: astrojax simulate T=32 m=512 method=diffrax hydra.run.dir=/tmp/sim",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``astrojax`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    if name in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if name == "--version":
+        from . import __version__
+
+        print(f"astrojax {__version__}")
+        return 0
+    cmd = SUBCOMMANDS.get(name)
+    if cmd is None:
+        close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(
+            f"astrojax: error: unknown subcommand '{name}' (choose from {', '.join(SUBCOMMANDS)}){hint}\n"
+            "run 'astrojax --help' for usage",
+            file=sys.stderr,
+        )
+        return 2
+    return cmd.run(f"astrojax {name}", rest)
+
+
+# ---------------------------------------------------------------- config checks
+
+_SOLVERS = ("tsit5", "kvaerno5", "heun", "euler")
+_METHODS = ("fast", "diffrax")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"config key `{key}`: expected one of {list(choices)}, got {value!r}")
+
+
+def _pos_int(key, value, minimum=1):
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"config key `{key}`: expected an integer >= {minimum}, got {value!r}")
+
+
+def _real(key, value, *, positive=False, nonneg=False):
+    if not _is_real(value):
+        raise ConfigError(f"config key `{key}`: expected a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"config key `{key}`: expected a positive number, got {value!r}")
+    if nonneg and value < 0:
+        raise ConfigError(f"config key `{key}`: expected a non-negative number, got {value!r}")
+
+
+def _bool(key, value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key `{key}`: expected true or false, got {value!r}")
+
+
+_SIMULATE_KEYS = (
+    "seed T D Dv m protocol write_delay feature_map method n_sub solver adaptive rtol atol "
+    "dt0 params input_scale inputs x64 trace"
+).split()
+
+
+def validate_simulate_config(c: dict) -> None:
+    """Check a resolved simulate config (plain dict); raise :class:`ConfigError`."""
+    from .dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
+    from .features import FEATURE_MAPS
+    from .protocol import PROTOCOLS
+
+    unknown = [k for k in c if k not in _SIMULATE_KEYS]
+    if unknown:
+        raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected one of {_SIMULATE_KEYS}")
+    missing = [k for k in _SIMULATE_KEYS if k not in c]
+    if missing:
+        raise ConfigError(f"config key `{missing[0]}`: missing")
+    _pos_int("seed", c["seed"], 0)
+    for key in ("T", "D", "Dv", "m", "n_sub"):
+        _pos_int(key, c[key])
+    _choice("protocol", c["protocol"], PROTOCOLS)
+    _real("write_delay", c["write_delay"], nonneg=True)
+    if not c["write_delay"] < 1:
+        raise ConfigError(f"config key `write_delay`: expected a number in [0, 1), got {c['write_delay']!r}")
+    _choice("feature_map", c["feature_map"], tuple(FEATURE_MAPS))
+    _choice("method", c["method"], _METHODS)
+    _choice("solver", c["solver"], _SOLVERS)
+    _bool("adaptive", c["adaptive"])
+    for key in ("rtol", "atol", "dt0"):
+        _real(key, c[key], positive=True)
+    if c["method"] == "diffrax" and c["adaptive"] and c["solver"] == "euler":
+        raise ConfigError(
+            "config key `adaptive`: solver 'euler' has no error estimate; use adaptive=false "
+            "(constant steps of dt0) or another solver"
+        )
+    params = c["params"]
+    if not isinstance(params, dict):
+        raise ConfigError(f"config key `params`: expected a mapping of {list(PARAM_NAMES)}, got {params!r}")
+    for name, value in params.items():
+        if name not in PARAM_NAMES:
+            raise ConfigError(f"config key `params.{name}`: unknown parameter; expected one of {list(PARAM_NAMES)}")
+        _real(f"params.{name}", value, positive=name in TIME_CONSTANTS + GAINS, nonneg=name in LEAKS)
+    _real("input_scale", c["input_scale"], positive=True)
+    if c["inputs"] is not None and not isinstance(c["inputs"], str):
+        raise ConfigError(f"config key `inputs`: expected null or a path to an .npz file, got {c['inputs']!r}")
+    _bool("x64", c["x64"])
+    _bool("trace", c["trace"])
+
+
+def load_inputs(path: str) -> dict[str, Any]:
+    """Read and check ``q, k, v`` (and optional ``W``) from an .npz file (numpy arrays)."""
+    import numpy as np
+
+    key = "config key `inputs`"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: file not found: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - report any reader failure the same way
+        raise ConfigError(f"{key}: cannot read {path} as an .npz archive ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{key}: {path} holds a single array; expected an .npz with arrays q, k, v (and optional W)")
+    with z:
+        missing = [n for n in ("q", "k", "v") if n not in z.files]
+        if missing:
+            raise ConfigError(
+                f"{key}: {path} lacks array(s) {missing}; expected q (T,D), k (T,D), v (T,Dv) and "
+                f"optional W (m,D), found {sorted(z.files)}"
+            )
+        out = {}
+        for n in ("q", "k", "v", "W"):
+            if n not in z.files:
+                continue
+            x = z[n]
+            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+                raise ConfigError(f"{key}: array `{n}` in {path} must be real numbers, got dtype {x.dtype}")
+            if x.ndim != 2 or 0 in x.shape:
+                raise ConfigError(f"{key}: array `{n}` in {path} must be a non-empty matrix, got shape {x.shape}")
+            if not np.all(np.isfinite(x)):
+                raise ConfigError(f"{key}: array `{n}` in {path} contains NaN or inf")
+            out[n] = x.astype(np.float64)
+    q, k, v = out["q"], out["k"], out["v"]
+    if q.shape != k.shape:
+        raise ConfigError(f"{key}: arrays `q` and `k` in {path} must have the same shape (T,D), got {q.shape} and {k.shape}")
+    if v.shape[0] != q.shape[0]:
+        raise ConfigError(f"{key}: array `v` in {path} must have T={q.shape[0]} rows like q, got shape {v.shape}")
+    if "W" in out and out["W"].shape[1] != q.shape[1]:
+        raise ConfigError(f"{key}: array `W` in {path} must have shape (m, D={q.shape[1]}), got {out['W'].shape}")
+    return out
+
+
+# ---------------------------------------------------------------- simulate job
+
+
+def _rel_err(x, ref) -> float:
+    import numpy as np
+
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    den = np.max(np.abs(ref))
+    return float(np.max(np.abs(x - ref)) / den) if den > 0 else float("nan")
+
+
+def _token_rel_errs(y, y_ref):
+    import numpy as np
+
+    y, y_ref = np.asarray(y, np.float64), np.asarray(y_ref, np.float64)
+    den = np.max(np.abs(y_ref), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.max(np.abs(y - y_ref), axis=-1) / den
+
+
+def _json_float(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def run_simulate(cfg, out_dir: str) -> dict:
+    """The simulate job without Hydra: ``cfg`` a DictConfig or dict, outputs to ``out_dir``.
+
+    Raises :class:`ConfigError` for a bad configuration before any work is done.
+    Returns the metrics dict (also written to ``out_dir/metrics.json``).
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    c.pop("hydra", None)
+    validate_simulate_config(c)
+
+    import jax
+
+    if c["x64"]:
+        jax.config.update("jax_enable_x64", True)
+
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+
+    import astrojax
+
+    from ._io import save_json, save_npz
+    from .plot import plot_episode
+
+    inputs = None
+    if c["inputs"] is not None:
+        from hydra.utils import to_absolute_path
+
+        inputs = load_inputs(to_absolute_path(c["inputs"]))
+
+    dtype = jnp.float64 if c["x64"] else jnp.float32
+    if inputs is None:
+        T, D, Dv, m = c["T"], c["D"], c["Dv"], c["m"]
+    else:
+        (T, D), Dv = inputs["q"].shape, inputs["v"].shape[1]
+        m = inputs["W"].shape[0] if "W" in inputs else c["m"]
+        given = {n: c[n] for n in ("T", "D", "Dv", "m")}
+        used = dict(T=T, D=D, Dv=Dv, m=m)
+        if given != used:
+            print(f"note: sizes taken from {c['inputs']}: {used} (config had {given})")
+
+    @eqx.filter_jit  # one compilation instead of one per eager op
+    def draw_episode(seed):
+        kq, kk, kv, kw = jax.random.split(jax.random.PRNGKey(seed), 4)
+        s = c["input_scale"]
+        q = s * jax.random.normal(kq, (T, D), dtype)
+        k = s * jax.random.normal(kk, (T, D), dtype)
+        v = s * jax.random.normal(kv, (T, Dv), dtype)
+        return q, k, v, astrojax.make_feature_map(c["feature_map"], kw, m, D, dtype=dtype)
+
+    q, k, v, fmap = draw_episode(c["seed"])
+    if inputs is not None:
+        q, k, v = (jnp.asarray(inputs[n], dtype) for n in ("q", "k", "v"))
+        if "W" in inputs:
+            fmap = eqx.tree_at(lambda f: f.W, fmap, jnp.asarray(inputs["W"], dtype))
+    if not fmap.positive:
+        print(f"warning: feature_map={c['feature_map']} is signed; the astrocyte response can change sign")
+
+    params = astrojax.NeuronAstrocyteParams(**c["params"], dtype=dtype)
+    protocol = astrojax.Protocol(c["protocol"], c["write_delay"])
+    if c["method"] == "fast":
+        method = astrojax.FastPath(n_sub=c["n_sub"])
+        method_desc = f"fast path (n_sub={c['n_sub']})"
+    else:
+        import diffrax
+
+        solver = {"tsit5": diffrax.Tsit5, "kvaerno5": diffrax.Kvaerno5, "heun": diffrax.Heun, "euler": diffrax.Euler}[
+            c["solver"]
+        ]()
+        method = astrojax.DiffraxPath(
+            solver=solver, adaptive=c["adaptive"], rtol=c["rtol"], atol=c["atol"], dt0=c["dt0"]
+        )
+        steps = f"rtol={c['rtol']:g}, atol={c['atol']:g}" if c["adaptive"] else f"dt={c['dt0']:g}"
+        method_desc = f"diffrax {c['solver']} ({steps})"
+    want_trace = c["trace"]
+
+    def simulate(q, k, v, fmap, params):
+        return astrojax.simulate_attention(
+            q, k, v, fmap, protocol=protocol, params=params, method=method, trace=want_trace
+        )
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(simulate).lower(q, k, v, fmap, params).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(q, k, v, fmap, params))
+    t2 = time.perf_counter()
+    y, a = out[0], out[1]
+    tr = out[2] if want_trace else None
+
+    # closed form: (leaky) random-feature attention, times the read-out ratio rho
+    causal = protocol.causal
+    pv = {n: float(getattr(params, n)) for n in ("tau_H", "tau_p", "eta_H", "eta_p", "lambda_H", "lambda_p")}
+    kH, kp = pv["lambda_H"] / pv["tau_H"], pv["lambda_p"] / pv["tau_p"]
+    if kH == 0 and kp == 0:
+        reference = "random_feature_attention"
+        y_ref, a_ref = eqx.filter_jit(astrojax.random_feature_attention)(q, k, v, fmap, causal=causal)
+    elif math.isclose(kH, kp, rel_tol=1e-9, abs_tol=0.0):
+        reference = "leaky_random_feature_attention"
+        y_ref, a_ref = eqx.filter_jit(astrojax.leaky_random_feature_attention)(
+            q, k, v, fmap, decay=kH, causal=causal
+        )
+    else:
+        reference = "random_feature_attention (no closed form for lambda_H/tau_H != lambda_p/tau_p)"
+        print(f"warning: leak rates differ ({kH:g} vs {kp:g} per window); comparing with leak-free RFA")
+        y_ref, a_ref = eqx.filter_jit(astrojax.random_feature_attention)(q, k, v, fmap, causal=causal)
+    rho = (pv["eta_H"] / pv["tau_H"]) / (pv["eta_p"] / pv["tau_p"])  # params.readout_ratio
+
+    y_np, a_np = np.asarray(y), np.asarray(a)
+    y_ref_np, a_ref_np = (rho * np.asarray(y_ref)).astype(y_np.dtype), np.asarray(a_ref)
+    tok = _token_rel_errs(y_np, y_ref_np)
+    metrics = {
+        "y_rel_error": _json_float(_rel_err(y_np, y_ref_np)),
+        "y_rel_error_token_median": _json_float(np.median(tok)),
+        "y_rel_error_token_max": _json_float(np.max(tok)),
+        "a_rel_error": _json_float(_rel_err(a_np, a_ref_np)),
+        "finite": bool(np.all(np.isfinite(y_np)) and np.all(np.isfinite(a_np))),
+        "wall_time_s": t2 - t0,
+        "compile_time_s": t1 - t0,
+        "run_time_s": t2 - t1,
+        "reference": reference,
+        "readout_ratio": rho,
+        "method": method_desc,
+        "protocol": c["protocol"],
+        "feature_map": c["feature_map"],
+        "sizes": {"T": int(T), "D": int(D), "Dv": int(Dv), "m": int(m)},
+        "dtype": str(np.dtype(dtype)),
+        "backend": jax.default_backend(),
+    }
+
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = dict(y=y_np, a=a_np, y_ref=y_ref_np, a_ref=a_ref_np, q=np.asarray(q), k=np.asarray(k), v=np.asarray(v))
+    if hasattr(fmap, "W"):
+        arrays["W"] = np.asarray(fmap.W)  # so that `inputs=<this file>` replays the episode
+    if tr is not None:
+        arrays.update(
+            t=np.asarray(tr.t), h_mean=np.asarray(tr.h_mean), p_sum=np.asarray(tr.p_sum),
+            a_trace=np.asarray(tr.a), y_trace=np.asarray(tr.y),
+        )
+    written = [save_npz(os.path.join(out_dir, "trace.npz"), **arrays)]
+    written.append(save_json(os.path.join(out_dir, "metrics.json"), metrics))
+    if tr is not None:
+        title = (
+            f"{c['protocol']}, {c['feature_map']} features, T={T} D={D} Dv={Dv} m={m}; {method_desc}"
+        )
+        written.append(
+            plot_episode(tr, y_np, a_np, y_ref_np, a_ref_np, os.path.join(out_dir, "episode.png"),
+                         title=title, protocol=protocol)
+        )
+
+    def fmt(x):
+        return "nan" if x is None else f"{x:.2e}"
+
+    print(
+        f"astrojax simulate: T={T} D={D} Dv={Dv} m={m}, {c['protocol']}, {c['feature_map']} features, "
+        f"{method_desc}, {metrics['dtype']}\n"
+        f"read-out vs closed-form {'leaky ' if reference.startswith('leaky') else ''}RFA: rel. error "
+        f"{fmt(metrics['y_rel_error'])} (max), {fmt(metrics['y_rel_error_token_median'])} (median per token); "
+        f"astrocyte response a: rel. error {fmt(metrics['a_rel_error'])}\n"
+        f"time: compile {metrics['compile_time_s']:.2f} s, run {metrics['run_time_s'] * 1e3:.1f} ms\n"
+        f"wrote {', '.join(os.path.relpath(p) for p in written)}"
+    )
+    if not metrics["finite"]:
+        print("warning: the simulation produced NaN/inf values", file=sys.stderr)
+    return metrics
+
+
+def simulate_job(cfg) -> None:
+    """Hydra task of ``astrojax simulate``: outputs go to Hydra's run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run_simulate(cfg, out_dir)
+    except ConfigError as e:
+        print(f"astrojax simulate: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

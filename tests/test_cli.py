@@ -1,0 +1,163 @@
+"""The ``astrojax`` command line: dispatch, the simulate job's outputs and its config checks.
+
+The simulate runs go through a subprocess (``python -m astrojax.cli simulate ...``), as a
+user would call it, with ``hydra.run.dir`` in a temporary directory.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from astrojax.cli import ConfigError, load_inputs, main
+
+SMALL = dict(T=6, m=32, D=8, Dv=4)
+# input_scale 0.5: with the default 1.0 some tokens of so small an episode get a tiny
+# astrocyte response a_t (the read-out then relaxes at rate a_t/tau_y and is not yet
+# converged at the end of its window); the comparison is about the integrators.
+SMALL_ARGS = [f"{k}={v}" for k, v in SMALL.items()] + ["input_scale=0.5"]
+NPZ_SHAPES = {
+    "y": (SMALL["T"], SMALL["Dv"]),
+    "a": (SMALL["T"],),
+    "y_ref": (SMALL["T"], SMALL["Dv"]),
+    "a_ref": (SMALL["T"],),
+    "q": (SMALL["T"], SMALL["D"]),
+    "k": (SMALL["T"], SMALL["D"]),
+    "v": (SMALL["T"], SMALL["Dv"]),
+}
+TRACE_KEYS = ("t", "h_mean", "p_sum", "a_trace", "y_trace")
+
+
+def run_cli(args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-m", "astrojax.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def check_run(run_dir, method):
+    for name in ("trace.npz", "metrics.json", "episode.png"):
+        assert (run_dir / name).is_file(), f"{name} missing from {sorted(os.listdir(run_dir))}"
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")], "temporary files left behind"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["y_rel_error"] < 1e-3, (method, metrics)
+    assert metrics["a_rel_error"] < 1e-3, (method, metrics)
+    assert metrics["y_rel_error_token_median"] <= metrics["y_rel_error_token_max"]
+    assert metrics["wall_time_s"] > 0 and metrics["finite"]
+    assert metrics["sizes"] == SMALL
+    z = np.load(run_dir / "trace.npz")
+    for key, shape in NPZ_SHAPES.items():
+        assert z[key].shape == shape, (key, z[key].shape)
+    N = z["t"].shape[0]
+    assert z["t"].shape == z["h_mean"].shape == z["p_sum"].shape == z["a_trace"].shape == (N,)
+    assert z["y_trace"].shape == (N, SMALL["Dv"])
+    assert N >= 2 * SMALL["T"]  # at least one sample per window
+    # metrics.json agrees with the saved arrays
+    err = np.max(np.abs(z["y"] - z["y_ref"])) / np.max(np.abs(z["y_ref"]))
+    assert err == pytest.approx(metrics["y_rel_error"], rel=1e-4, abs=1e-12)
+    assert (run_dir / "episode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return z, metrics
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli_fast")
+    run_dir = base / "run"
+    res = run_cli(["simulate", *SMALL_ARGS, "method=fast", f"hydra.run.dir={run_dir}"], base)
+    assert res.returncode == 0, res.stderr
+    assert "rel. error" in res.stdout
+    return run_dir, res
+
+
+def test_simulate_fast(fast_run):
+    run_dir, _ = fast_run
+    z, _ = check_run(run_dir, "fast")
+    assert z["t"].shape == (2 * SMALL["T"],)  # fast path: one sample per window end
+
+
+def test_simulate_diffrax_replays_inputs(fast_run, tmp_path):
+    """Diffrax path on the fast run's episode, read back from its trace.npz (inputs=...)."""
+    src = fast_run[0] / "trace.npz"
+    run_dir = tmp_path / "run"
+    res = run_cli(
+        ["simulate", *SMALL_ARGS, "method=diffrax", "solver=tsit5", f"inputs={src}", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    z, metrics = check_run(run_dir, "diffrax")
+    assert "diffrax" in metrics["method"]
+    z0 = np.load(src)
+    for key in ("q", "k", "v", "W", "y_ref", "a_ref"):
+        np.testing.assert_array_equal(z[key], z0[key], err_msg=key)
+    assert np.max(np.abs(z["y"] - z0["y"])) / np.max(np.abs(z0["y"])) < 1e-3
+
+
+BAD_CONFIGS = {
+    "feature_map=foo": "feature_map",
+    "m=0": "m",
+    "params.tau_h=-1": "params.tau_h",
+    "protocol=sideways": "protocol",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+    """All bad-config runs at once (each is mostly interpreter + JAX start-up)."""
+    base = tmp_path_factory.mktemp("cli_bad")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    procs = {}
+    for i, override in enumerate(BAD_CONFIGS):
+        run_dir = base / f"run{i}"
+        cmd = [sys.executable, "-m", "astrojax.cli", "simulate", *SMALL_ARGS, override, f"hydra.run.dir={run_dir}"]
+        proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[override] = (proc, run_dir)
+    results = {}
+    for override, (proc, run_dir) in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[override] = (proc.returncode, out, err, run_dir)
+    return results
+
+
+@pytest.mark.parametrize("override", list(BAD_CONFIGS))
+def test_simulate_bad_config(bad_runs, override):
+    key = BAD_CONFIGS[override]
+    returncode, _, stderr, run_dir = bad_runs[override]
+    assert returncode != 0
+    assert f"config key `{key}`" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not (run_dir / "trace.npz").exists()
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_dispatch(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: astrojax" in out and "simulate" in out
+    assert main([]) == 2
+    assert "usage: astrojax" in capsys.readouterr().err
+    assert main(["simulte"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown subcommand 'simulte'" in err and "did you mean 'simulate'" in err
+
+
+def test_load_inputs_errors(tmp_path):
+    p = tmp_path / "x.npz"
+    np.savez(p, q=np.zeros((3, 4)), k=np.zeros((3, 4)))
+    with pytest.raises(ConfigError, match=r"`inputs`.*lacks array\(s\) \['v'\]"):
+        load_inputs(str(p))
+    np.savez(p, q=np.zeros((3, 4)), k=np.zeros((3, 5)), v=np.zeros((3, 2)))
+    with pytest.raises(ConfigError, match="`q` and `k`"):
+        load_inputs(str(p))
+    np.savez(p, q=np.zeros((3, 4)), k=np.zeros((3, 4)), v=np.zeros((3, 2)), W=np.zeros((7, 5)))
+    with pytest.raises(ConfigError, match=r"`W`.*\(m, D=4\)"):
+        load_inputs(str(p))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_inputs(str(tmp_path / "missing.npz"))
