@@ -37,16 +37,23 @@ def check_finite(name: str, x) -> None:
         raise ValueError(f"`{name}` contains NaN or inf values")
 
 
+def _real(name, x):
+    try:
+        return np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a real number or array, got {x!r}") from e
+
+
 def check_positive(name: str, x) -> None:
     if is_concrete(x):
-        arr = np.asarray(x)
+        arr = _real(name, x)
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise ValueError(f"`{name}` must be positive and finite, got {arr.tolist()}")
 
 
 def check_nonnegative(name: str, x) -> None:
     if is_concrete(x):
-        arr = np.asarray(x)
+        arr = _real(name, x)
         if not np.all(np.isfinite(arr)) or np.any(arr < 0):
             raise ValueError(f"`{name}` must be non-negative and finite, got {arr.tolist()}")
 

@@ -21,19 +21,24 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import logging
 import math
 import os
 import sys
 import time
 from typing import Any, Callable
 
-__all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "run_simulate"]
+__all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "SimulationError", "run_simulate"]
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the config key."""
+
+
+class SimulationError(RuntimeError):
+    """The simulation itself failed (e.g. the ODE solver hit ``max_steps``)."""
 
 
 # ----------------------------------------------------------------------- dispatch
@@ -172,7 +177,7 @@ def _bool(key, value):
 
 _SIMULATE_KEYS = (
     "seed T D Dv m protocol write_delay feature_map method n_sub solver adaptive rtol atol "
-    "dt0 params input_scale inputs x64 trace"
+    "dt0 max_steps params input_scale inputs x64 trace"
 ).split()
 
 
@@ -189,7 +194,7 @@ def validate_simulate_config(c: dict) -> None:
     if missing:
         raise ConfigError(f"config key `{missing[0]}`: missing")
     _pos_int("seed", c["seed"], 0)
-    for key in ("T", "D", "Dv", "m", "n_sub"):
+    for key in ("T", "D", "Dv", "m", "n_sub", "max_steps"):
         _pos_int(key, c[key])
     _choice("protocol", c["protocol"], PROTOCOLS)
     _real("write_delay", c["write_delay"], nonneg=True)
@@ -359,7 +364,8 @@ def run_simulate(cfg, out_dir: str) -> dict:
             c["solver"]
         ]()
         method = astrojax.DiffraxPath(
-            solver=solver, adaptive=c["adaptive"], rtol=c["rtol"], atol=c["atol"], dt0=c["dt0"]
+            solver=solver, adaptive=c["adaptive"], rtol=c["rtol"], atol=c["atol"], dt0=c["dt0"],
+            max_steps=c["max_steps"],
         )
         steps = f"rtol={c['rtol']:g}, atol={c['atol']:g}" if c["adaptive"] else f"dt={c['dt0']:g}"
         method_desc = f"diffrax {c['solver']} ({steps})"
@@ -373,7 +379,7 @@ def run_simulate(cfg, out_dir: str) -> dict:
     t0 = time.perf_counter()
     compiled = jax.jit(simulate).lower(q, k, v, fmap, params).compile()
     t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(q, k, v, fmap, params))
+    out = _run_compiled(compiled, (q, k, v, fmap, params), c)
     t2 = time.perf_counter()
     y, a = out[0], out[1]
     tr = out[2] if want_trace else None
@@ -455,6 +461,38 @@ def run_simulate(cfg, out_dir: str) -> dict:
     return metrics
 
 
+class _DropCallbackNoise(logging.Filter):
+    """Equinox runtime errors (e.g. diffrax max_steps) are logged by JAX's callback
+    machinery with a long traceback before they are raised; we report them ourselves."""
+
+    def filter(self, record):
+        return record.getMessage() != "jax.pure_callback failed"
+
+
+def _run_compiled(compiled, args, c):
+    import jax
+
+    noise = _DropCallbackNoise()
+    logger = logging.getLogger("jax._src.callback")
+    logger.addFilter(noise)
+    try:
+        return jax.block_until_ready(compiled(*args))
+    except Exception as e:  # noqa: BLE001 - XLA/Equinox runtime errors have no common base
+        text = str(e)
+        lines = [ln.split("EquinoxRuntimeError: ", 1)[1] for ln in text.splitlines() if "EquinoxRuntimeError: " in ln]
+        msg = lines[0].strip() if lines else (text.strip().splitlines() or [type(e).__name__])[0]
+        if "maximum number of solver steps" in msg:
+            msg += (
+                f" (max_steps={c['max_steps']} per constant-input segment; try max_steps=..., looser "
+                f"rtol/atol (now {c['rtol']:g}/{c['atol']:g})"
+                + (", or x64=true: implicit solvers may stall at float32 precision" if not c["x64"] else "")
+                + ")"
+            )
+        raise SimulationError(msg) from e
+    finally:
+        logger.removeFilter(noise)
+
+
 def simulate_job(cfg) -> None:
     """Hydra task of ``astrojax simulate``: outputs go to Hydra's run directory."""
     from hydra.core.hydra_config import HydraConfig
@@ -465,6 +503,9 @@ def simulate_job(cfg) -> None:
     except ConfigError as e:
         print(f"astrojax simulate: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SimulationError as e:
+        print(f"astrojax simulate: simulation failed: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

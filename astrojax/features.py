@@ -38,7 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._validate import as_array, check_choice, check_int, check_positive
+from ._validate import as_array, check_choice, check_finite, check_int, check_positive
 
 __all__ = [
     "AbstractFeatureMap",
@@ -87,6 +87,7 @@ def _check_weights(W) -> jax.Array:
         raise ValueError("`W` must have m >= 1 rows (hidden neurons), got m = 0")
     if W.shape[1] == 0:
         raise ValueError("`W` must have D >= 1 columns, got D = 0")
+    check_finite("W", W)
     return W
 
 
@@ -140,7 +141,9 @@ def orthogonal_gaussian(key, m: int, D: int, dtype=None) -> jax.Array:
     nblocks = -(-m // D)
     kq, kn = jax.random.split(key)
     g = jax.random.normal(kq, (nblocks, D, D), dtype)
-    qmat, _ = jnp.linalg.qr(g)
+    qmat, r = jnp.linalg.qr(g)
+    # sign-fix so each block is Haar-distributed (otherwise rows are biased)
+    qmat = qmat * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
     rows = jnp.swapaxes(qmat, -1, -2).reshape(nblocks * D, D)[:m]
     norms = jnp.linalg.norm(jax.random.normal(kn, (m, D), dtype), axis=-1, keepdims=True)
     return rows * norms
@@ -285,11 +288,13 @@ def make_feature_map(name: str, key, m: int, D: int, **kwargs) -> AbstractFeatur
     return FEATURE_MAPS[name](key, m, D, **kwargs)
 
 
-def as_feature_map(W_or_map) -> AbstractFeatureMap:
-    """Accept an ``(m, D)`` weight array (the paper's performer map) or a feature map."""
-    if isinstance(W_or_map, AbstractFeatureMap):
-        return W_or_map
-    return PerformerFeatures(W_or_map)
+def as_feature_map(W_or_map, D: int | None = None) -> AbstractFeatureMap:
+    """Accept an ``(m, D)`` weight array (the paper's performer map) or a feature map;
+    with ``D``, check that it takes ``D``-dimensional queries and keys."""
+    fmap = W_or_map if isinstance(W_or_map, AbstractFeatureMap) else PerformerFeatures(W_or_map)
+    if D is not None and fmap.in_dim != D:
+        raise ValueError(f"`W` expects D={fmap.in_dim} input features but `q`/`k` have D={D}")
+    return fmap
 
 
 def shifted_features(fmap: AbstractFeatureMap, x: jax.Array, axis=None):

@@ -52,10 +52,11 @@ def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights):
     qs, ks = _scaled(q, k)
     if fmap.positive:
         lq, lk = fmap.log_features(qs), fmap.log_features(ks)
-        sq = jax.lax.stop_gradient(jnp.max(lq))
+        # per-query shift (cancels in y) and one shared key shift
+        sq = jax.lax.stop_gradient(jnp.max(lq, axis=-1, keepdims=True))
         sk = jax.lax.stop_gradient(jnp.max(lk))
         kern = jnp.exp(lq - sq) @ jnp.exp(lk - sk).T
-        log_scale = sq + sk
+        log_scale = sq[:, 0] + sk
     else:
         kern = fmap(qs) @ fmap(ks).T
         log_scale = 0.0
@@ -72,7 +73,7 @@ def random_feature_attention(q, k, v, W, *, causal: bool = False):
     map, or any :class:`~astrojax.features.AbstractFeatureMap`. Returns ``(y, a)``.
     """
     q, k, v = check_qkv(q, k, v)
-    fmap = as_feature_map(W)
+    fmap = as_feature_map(W, q.shape[1])
     T = q.shape[0]
     weights = jnp.tril(jnp.ones((T, T), q.dtype)) if causal else jnp.ones((T, T), q.dtype)
     return _weighted_rfa(q, k, v, fmap, weights)
@@ -91,7 +92,7 @@ def leaky_random_feature_attention(q, k, v, W, *, decay, causal: bool = False):
     """
     q, k, v = check_qkv(q, k, v)
     check_nonnegative("decay", decay)
-    fmap = as_feature_map(W)
+    fmap = as_feature_map(W, q.shape[1])
     T = q.shape[0]
     t = jnp.arange(T)
     if causal:

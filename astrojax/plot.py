@@ -119,12 +119,15 @@ def plot_episode(trace, y, a, y_ref, a_ref, path, title=None, *, protocol=None, 
     tok = np.arange(T)
     for d in range(nd):
         c = _SIM_COLORS[d]
-        ax_y.plot(tok, y_ref[:, d], "-", color=c, alpha=0.6, lw=1.5, label=f"closed form [{d}]")
-        ax_y.plot(tok, y[:, d], "o", color=c, mfc="none", ms=7, mew=1.5, label=f"simulated [{d}]")
+        ax_y.plot(tok, y_ref[:, d], "-", color=c, alpha=0.6, lw=1.5, label=f"y[{d}]")
+        ax_y.plot(tok, y[:, d], "o", color=c, mfc="none", ms=7, mew=1.5)
+    # style key: lines = closed form, circles = simulated (colours = output dims)
+    ax_y.plot([], [], "-", color="0.3", label="closed form")
+    ax_y.plot([], [], "o", color="0.3", mfc="none", mew=1.5, label="simulated")
     ax_y.set_xlabel("token index")
     ax_y.set_ylabel("read-out y")
     ax_y.set_title(f"read-out at read-window ends vs closed form (rel. err {_rel(y, y_ref):.1e})", fontsize=10)
-    ax_y.legend(loc="best", fontsize=7, ncol=2)
+    ax_y.legend(loc="best", fontsize=8, ncol=2)
     ax_y.grid(alpha=0.3)
 
     ax_an.plot(tok, a_ref, "-", color="k", alpha=0.6, lw=1.5, label=r"closed form $\phi(\tilde q_t)\cdot\sum\phi(\tilde k_\tau)$")

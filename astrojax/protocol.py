@@ -14,6 +14,7 @@ on with gain ``g = 1 / (tokens written so far)``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Protocol:
     def __post_init__(self):
         check_choice("protocol", self.kind, PROTOCOLS)
         d = self.write_delay
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (0.0 <= d < 1.0):
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not (0.0 <= d < 1.0):
             raise ValueError(f"`write_delay` must be a number in [0, 1), got {d!r}")
         object.__setattr__(self, "write_delay", float(d))
 

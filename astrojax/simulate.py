@@ -59,11 +59,7 @@ def simulate_attention(
         >>> y_rfa, a_rfa = random_feature_attention(q, k, v, W)
     """
     q, k, v = check_qkv(q, k, v)
-    fmap = as_feature_map(W)
-    if fmap.in_dim != q.shape[1]:
-        raise ValueError(
-            f"`W` expects D={fmap.in_dim} input features but `q`/`k` have D={q.shape[1]}"
-        )
+    fmap = as_feature_map(W, q.shape[1])
     protocol = as_protocol(protocol)
     if params is None:
         params = NeuronAstrocyteParams(dtype=q.dtype)
