@@ -53,7 +53,7 @@ def make_fns(protocol, method, params):
             y, a = f(q, k, v, W, P)
             return jnp.mean(y**2) + jnp.mean(jnp.log(a))
 
-        return eqx.filter_jit(eqx.filter_value_and_grad(loss, arg=None) if False else jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+        return eqx.filter_jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
 
     return eqx.filter_jit(closed), eqx.filter_jit(sim), loss_of(closed), loss_of(sim)
 
@@ -67,6 +67,8 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=32)
     ap.add_argument("--protocol", default="bidirectional", choices=["bidirectional", "causal"])
     ap.add_argument("--no-diffrax", action="store_true", help="skip the (slow) Diffrax path")
+    ap.add_argument("--diffrax-m", type=int, nargs="*", default=[256],
+                    help="m values at which the Diffrax path is also timed (it is slow)")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     args = ap.parse_args(argv)
 
@@ -90,6 +92,8 @@ def main(argv=None):
         W = jax.random.normal(jax.random.fold_in(kw, m), (m, D), jnp.float32)
         xs = (q, k, v, W, P)
         for name, method in methods.items():
+            if name != "fast" and m not in args.diffrax_m:
+                continue
             reps = args.repeats if name == "fast" else max(1, args.repeats // 10)
             closed, sim, gclosed, gsim = make_fns(protocol, method, P)
             c_cl, r_cl, (y_cl, a_cl) = timeit(closed, xs, args.repeats)
