@@ -177,6 +177,13 @@ def _write_integrals(decay, tau_h, d):
     return I1, I2
 
 
+def _a_norm(P, sched: Schedule, dtype):
+    """Divide the raw response by this to get ``phi(q~_t) . sum_tau phi(k~_tau)`` in the
+    timescale limit: read gain x process write rate x the write integral."""
+    I1 = _write_integrals(P.decay_p, P.tau_h, sched.write_delay)[0]
+    return jnp.asarray(sched.gain[sched.read_idx], dtype) * (P.eta_p / P.tau_p) * I1
+
+
 def _a_response(s, a0, P1, P2, P: NeuronAstrocyteParams, gain):
     """Exact ``a(s)`` in a window: ``tau_a a' = gain e^{-kp s}(P1 + (P2-P1) e^{-s/tau_h}) - a``."""
     sa = s / P.tau_a
@@ -292,7 +299,7 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool, 
         Pi = jnp.exp(-x)[:, None] * Pi + ((dt / P.tau_y) * _phi1neg(x))[:, None] * fm
         log_phi = log_phi - x
     y_end = _affine_scan(jnp.exp(log_phi), Pi, parallel=par)
-    norm = gain[rj] * (P.eta_p / P.tau_p) * _write_integrals(P.decay_p, P.tau_h, sched.write_delay)[0]
+    norm = _a_norm(P, sched, dtype)
     out = Readout(y=y_end[rj], a=a_end[rj] / norm)
     if not trace:
         return out
@@ -392,11 +399,7 @@ def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
         _, readout = jax.lax.scan(window, state0, xs)
     y_all, a_all = readout
     rj = sched.read_idx
-    norm = (
-        jnp.asarray(sched.gain[rj], dtype)
-        * (P.eta_p / P.tau_p)
-        * _write_integrals(P.decay_p, P.tau_h, d)[0]
-    )
+    norm = _a_norm(P, sched, dtype)
     out = Readout(y=y_all[rj], a=a_all[rj] / norm)
     if not trace:
         return out
