@@ -17,6 +17,7 @@ import platform
 import statistics
 import time
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--no-diffrax", action="store_true", help="skip the (slow) Diffrax path")
     ap.add_argument("--diffrax-m", type=int, nargs="*", default=[256],
                     help="m values at which the Diffrax path is also timed (it is slow)")
+    ap.add_argument("--tau", type=float, default=0.02, help="tau_h = tau_a = tau_y (windows)")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     args = ap.parse_args(argv)
 
@@ -79,12 +81,12 @@ def main(argv=None):
     k = jax.random.normal(kk, (B, T, D), jnp.float32)
     v = jax.random.normal(kv, (B, T, D), jnp.float32)
     protocol = aj.Protocol(args.protocol)
-    P = aj.NeuronAstrocyteParams(dtype=jnp.float32)
+    P = aj.NeuronAstrocyteParams(tau_h=args.tau, tau_a=args.tau, tau_y=args.tau, dtype=jnp.float32)
     methods = {"fast": aj.FastPath(n_sub=4)}
     if not args.no_diffrax:
-        methods["diffrax_heun_dt0.02"] = aj.DiffraxPath(solver=__import__("diffrax").Heun(), adaptive=False, dt0=0.02)
+        methods["diffrax_heun_dt0.01"] = aj.DiffraxPath(solver=diffrax.Heun(), adaptive=False, dt0=0.01)
     results = {
-        "config": dict(batch=B, T=T, D=D, protocol=args.protocol, repeats=args.repeats),
+        "config": dict(batch=B, T=T, D=D, protocol=args.protocol, repeats=args.repeats, tau=args.tau),
         "machine": dict(platform=platform.platform(), devices=[str(d) for d in jax.devices()], jax=jax.__version__),
         "rows": [],
     }
