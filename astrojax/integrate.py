@@ -285,7 +285,7 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool, 
     a_end = _affine_scan(jnp.full((J,), jnp.exp(-1.0 / P.tau_a), dtype), forced, parallel=par)
     a0 = _shift_right(a_end)
     # output neurons: n_sub exponential-midpoint steps from y0 = 0 give the affine map
-    # y_end = Phi_j y0 + Pi_j of each window; then one parallel scan over windows.
+    # y_end = Phi_j y0 + Pi_j of each window; then one affine scan over windows.
     dt = 1.0 / n_sub
     log_phi = jnp.zeros((J,), dtype)
     Pi = jnp.zeros((J, Dv), dtype)
