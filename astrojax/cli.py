@@ -30,11 +30,9 @@ from typing import Any, Callable
 
 __all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "SimulationError", "run_simulate"]
 
+from ._config import ConfigError, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the config key."""
 
 
 class SimulationError(RuntimeError):
@@ -85,6 +83,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "simulate": Subcommand(
         "simulate one head on one episode and compare with closed-form attention",
         hydra_app("simulate", "astrojax.cli:simulate_job"),
+    ),
+    "reproduce": Subcommand(
+        "the paper's experiment on a real teacher: every head, random construction vs softmax",
+        hydra_app("reproduce", "astrojax.reproduce:reproduce_job"),
     ),
     # future subcommands, one entry each, e.g.
     # "train": Subcommand("train a neuron-astrocyte transformer", hydra_app("train", "astrojax.train.app:train_job")),
@@ -139,41 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------- config checks
 
-_SOLVERS = ("tsit5", "kvaerno5", "heun", "euler")
-_METHODS = ("fast", "diffrax")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _choice(key, value, choices):
-    if value not in choices:
-        raise ConfigError(f"config key `{key}`: expected one of {list(choices)}, got {value!r}")
-
-
-def _pos_int(key, value, minimum=1):
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"config key `{key}`: expected an integer >= {minimum}, got {value!r}")
-
-
-def _real(key, value, *, positive=False, nonneg=False):
-    if not _is_real(value):
-        raise ConfigError(f"config key `{key}`: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"config key `{key}`: expected a positive number, got {value!r}")
-    if nonneg and value < 0:
-        raise ConfigError(f"config key `{key}`: expected a non-negative number, got {value!r}")
-
-
-def _bool(key, value):
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key `{key}`: expected true or false, got {value!r}")
-
 
 _SIMULATE_KEYS = (
     "seed T D Dv m protocol write_delay feature_map method n_sub solver adaptive rtol atol "
@@ -183,7 +150,6 @@ _SIMULATE_KEYS = (
 
 def validate_simulate_config(c: dict) -> None:
     """Check a resolved simulate config (plain dict); raise :class:`ConfigError`."""
-    from .dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
     from .features import FEATURE_MAPS
     from .protocol import PROTOCOLS
 
@@ -201,23 +167,8 @@ def validate_simulate_config(c: dict) -> None:
     if not c["write_delay"] < 1:
         raise ConfigError(f"config key `write_delay`: expected a number in [0, 1), got {c['write_delay']!r}")
     _choice("feature_map", c["feature_map"], tuple(FEATURE_MAPS))
-    _choice("method", c["method"], _METHODS)
-    _choice("solver", c["solver"], _SOLVERS)
-    _bool("adaptive", c["adaptive"])
-    for key in ("rtol", "atol", "dt0"):
-        _real(key, c[key], positive=True)
-    if c["method"] == "diffrax" and c["adaptive"] and c["solver"] == "euler":
-        raise ConfigError(
-            "config key `adaptive`: solver 'euler' has no error estimate; use adaptive=false "
-            "(constant steps of dt0) or another solver"
-        )
-    params = c["params"]
-    if not isinstance(params, dict):
-        raise ConfigError(f"config key `params`: expected a mapping of {list(PARAM_NAMES)}, got {params!r}")
-    for name, value in params.items():
-        if name not in PARAM_NAMES:
-            raise ConfigError(f"config key `params.{name}`: unknown parameter; expected one of {list(PARAM_NAMES)}")
-        _real(f"params.{name}", value, positive=name in TIME_CONSTANTS + GAINS, nonneg=name in LEAKS)
+    check_method_config(c)
+    check_params_config(c["params"])
     _real("input_scale", c["input_scale"], positive=True)
     if c["inputs"] is not None and not isinstance(c["inputs"], str):
         raise ConfigError(f"config key `inputs`: expected null or a path to an .npz file, got {c['inputs']!r}")
@@ -354,21 +305,7 @@ def run_simulate(cfg, out_dir: str) -> dict:
 
     params = astrojax.NeuronAstrocyteParams(**c["params"], dtype=dtype)
     protocol = astrojax.Protocol(c["protocol"], c["write_delay"])
-    if c["method"] == "fast":
-        method = astrojax.FastPath(n_sub=c["n_sub"])
-        method_desc = f"fast path (n_sub={c['n_sub']})"
-    else:
-        import diffrax
-
-        solver = {"tsit5": diffrax.Tsit5, "kvaerno5": diffrax.Kvaerno5, "heun": diffrax.Heun, "euler": diffrax.Euler}[
-            c["solver"]
-        ]()
-        method = astrojax.DiffraxPath(
-            solver=solver, adaptive=c["adaptive"], rtol=c["rtol"], atol=c["atol"], dt0=c["dt0"],
-            max_steps=c["max_steps"],
-        )
-        steps = f"rtol={c['rtol']:g}, atol={c['atol']:g}" if c["adaptive"] else f"dt={c['dt0']:g}"
-        method_desc = f"diffrax {c['solver']} ({steps})"
+    method, method_desc = method_from_config(c)
     want_trace = c["trace"]
 
     def simulate(q, k, v, fmap, params):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ._validate import check_nonnegative, check_qkv, fourth_root_scale
 from .features import AbstractFeatureMap, as_feature_map
 
-__all__ = ["softmax_attention", "random_feature_attention", "leaky_random_feature_attention"]
+__all__ = ["softmax_attention", "softmax_weights", "random_feature_attention", "leaky_random_feature_attention"]
 
 
 def _scaled(q, k):
@@ -30,19 +30,30 @@ def _scaled(q, k):
     return q * s, k * s
 
 
-def softmax_attention(q, k, v, *, causal: bool = False):
+def softmax_weights(q, k, *, causal: bool = False, key_mask=None):
+    """Attention weights ``(T, T)`` and ``log Z`` ``(T,)`` of one head (keys with
+    ``key_mask == False`` and, if causal, future keys get zero weight)."""
+    qs, ks = _scaled(q, k)
+    logits = qs @ ks.T
+    T = q.shape[0]
+    allowed = jnp.ones((T, T), bool)
+    if causal:
+        allowed = jnp.tril(allowed)
+    if key_mask is not None:
+        allowed = allowed & jnp.asarray(key_mask, bool)[None, :]
+    logits = jnp.where(allowed, logits, -jnp.inf)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.exp(logits - lse[:, None]), lse
+
+
+def softmax_attention(q, k, v, *, causal: bool = False, key_mask=None):
     """Softmax self-attention of one head: ``y_t = sum_tau v_tau exp(q~_t.k~_tau) / Z_t``.
 
+    ``key_mask`` (optional, ``(T,)`` bool) excludes padding keys from every sum.
     Returns ``(y, Z)``, ``y`` of shape ``(T, Dv)``, ``Z`` of shape ``(T,)``.
     """
     q, k, v = check_qkv(q, k, v)
-    qs, ks = _scaled(q, k)
-    logits = qs @ ks.T
-    if causal:
-        T = q.shape[0]
-        logits = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits, -jnp.inf)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    w = jnp.exp(logits - lse[:, None])
+    w, lse = softmax_weights(q, k, causal=causal, key_mask=key_mask)
     return w @ v, jnp.exp(lse)
 
 

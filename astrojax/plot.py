@@ -8,7 +8,7 @@ import numpy as np
 
 from ._io import atomic_open
 
-__all__ = ["plot_episode"]
+__all__ = ["plot_episode", "plot_a_vs_Z", "plot_error_vs_m", "plot_head_grid"]
 
 _SIM_COLORS = ("tab:blue", "tab:orange", "tab:green")
 
@@ -146,3 +146,87 @@ def plot_episode(trace, y, a, y_ref, a_ref, path, title=None, *, protocol=None, 
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return os.fspath(path)
+
+
+def _save(fig, path) -> str:
+    plt = _pyplot()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=130)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def plot_a_vs_Z(Z, curves: dict, path, *, title: str = "") -> str:
+    """The paper's figure: astrocyte response ``a_t`` for several ``m`` (``curves``:
+    ``{m: a}``) against the teacher's softmax normaliser ``Z_t``, over token position."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    t = np.arange(len(Z))
+    for (m, a), col in zip(sorted(curves.items()), ("tab:orange", "tab:blue", "tab:green", "tab:red")):
+        ax.plot(t, a, color=col, lw=1.2, alpha=0.9, label=f"astrocyte response $a_t$, m = {m:,}")
+    ax.plot(t, Z, color="k", lw=1.6, ls="--", label="softmax normaliser $Z_t$ (teacher)")
+    ax.set_xlabel("token position t")
+    ax.set_ylabel("normaliser")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_error_vs_m(summary: list[dict], path, *, title: str = "") -> str:
+    """Error-versus-m curves: median over heads (line) and interquartile range (band) of
+    the read-out and astrocyte errors (log-log) and of r(a, Z), per feature map; simulated
+    solid, closed form dotted."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fmaps = list(dict.fromkeys(s["feature_map"] for s in summary))
+    panels = (("y_rel_err", "median rel. error of $y$", True), ("a_rel_err", "median rel. error of $a$", True),
+              ("r_aZ", "Pearson r(a, Z)", False))
+    for ax, (key, label, logy) in zip(axes, panels):
+        for fm, col in zip(fmaps, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+            rows = sorted((s for s in summary if s["feature_map"] == fm), key=lambda s: s["m"])
+            ms = np.array([s["m"] for s in rows], float)
+            for group, ls, lab in (("simulated", "-", fm), ("closed_form", ":", None)):
+                st = [s[group][key] for s in rows]
+                med = np.array([np.nan if x["median"] is None else x["median"] for x in st])
+                lo = np.array([np.nan if x["q25"] is None else x["q25"] for x in st])
+                hi = np.array([np.nan if x["q75"] is None else x["q75"] for x in st])
+                ax.plot(ms, med, ls, color=col, marker="o", ms=3, label=lab)
+                if group == "simulated":
+                    ax.fill_between(ms, lo, hi, color=col, alpha=0.18, lw=0)
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("hidden neurons per head, m")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8, title="simulated (band: IQR over heads);\ndotted: closed form", title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_head_grid(values, path, *, title: str = "", label: str = "median rel. error of y") -> str:
+    """A layers x heads heat map (log colour scale)."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    values = np.asarray(values, float)
+    L, H = values.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * H + 2), max(2.5, 0.45 * L + 1.2)))
+    finite = values[np.isfinite(values) & (values > 0)]
+    norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size else None
+    im = ax.imshow(values, norm=norm, cmap="viridis", aspect="auto")
+    for i in range(L):
+        for j in range(H):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    return _save(fig, path)

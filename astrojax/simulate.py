@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from ._validate import check_qkv, fourth_root_scale
 from .dynamics import NeuronAstrocyteParams
 from .features import AbstractFeatureMap, as_feature_map
 from .integrate import DiffraxPath, FastPath, integrate
 from .protocol import Protocol, as_protocol
 
-__all__ = ["simulate_attention", "head_drives"]
+__all__ = ["simulate_attention", "simulate_head", "head_drives"]
 
 
 def head_drives(q, k, fmap: AbstractFeatureMap):
     """Feature drives ``phi(k~)``, ``phi(q~)`` of one head, with the ``D**-1/4`` scaling."""
     s = fourth_root_scale(q.shape[-1])
     return fmap(k * s), fmap(q * s)
+
+
+def simulate_head(fmap: AbstractFeatureMap, params, q, k, v, protocol: Protocol, method, key_mask=None):
+    """One head on already-validated inputs, no defaults (the building block of layers
+    and experiments; jit/vmap friendly). Keys with ``key_mask == False`` are never
+    written. Returns ``(y, a)``."""
+    fk, fq = head_drives(q, k, fmap)
+    if key_mask is not None:
+        fk = fk * key_mask[:, None]
+    r = integrate(params, fk, fq, v, protocol, method)
+    return r.y, r.a
 
 
 def simulate_attention(
