@@ -88,6 +88,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "the paper's experiment on a real teacher: every head, random construction vs softmax",
         hydra_app("reproduce", "astrojax.reproduce:reproduce_job"),
     ),
+    "teacher-digits": Subcommand(
+        "train the digits ViT teacher (scikit-learn digits, about a minute on CPU)",
+        hydra_app("teacher_digits", "astrojax.teachers._jobs:teacher_digits_job"),
+    ),
     # future subcommands, one entry each, e.g.
     # "train": Subcommand("train a neuron-astrocyte transformer", hydra_app("train", "astrojax.train.app:train_job")),
 }
