@@ -230,8 +230,8 @@ class NeuronAstrocyteAttention(eqx.Module):
 
         The hidden neurons' input weights are sampled (``feature_map`` a name, one
         independent draw per head from ``key``) or given (``feature_map`` a feature map
-        whose leaves carry a leading ``heads`` axis, e.g. ``PerformerFeatures(W)`` with
-        ``W`` of shape ``(heads, m, Dh)``). ``protocol`` defaults to causal for a causal
+        whose leaves carry a leading ``heads`` axis, e.g.
+        ``eqx.filter_vmap(PerformerFeatures)(W)`` with ``W`` of shape ``(heads, m, Dh)``). ``protocol`` defaults to causal for a causal
         teacher, bidirectional otherwise.
         """
         if not isinstance(attn, SoftmaxAttention):
