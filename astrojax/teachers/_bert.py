@@ -175,6 +175,34 @@ class TextTokenizer:
             )
         return ids
 
+    def chunks(self, texts, length: int) -> np.ndarray:
+        """Split texts into ``(n, length)`` int32 windows: the wordpieces of all texts
+        concatenated (one ``[SEP]`` between texts), cut into pieces of ``length - 2``,
+        each wrapped in ``[CLS] ... [SEP]``; the incomplete tail is dropped."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(length, int) or not 3 <= length <= self.max_positions:
+            raise ValueError(f"`length` must be an integer in [3, {self.max_positions}], got {length!r}")
+        cls_id, sep_id = self._special("[CLS]"), self._special("[SEP]")
+        pieces: list[int] = []
+        for t in texts:
+            if t.strip():
+                pieces.extend(self._tok.encode(t, add_special_tokens=False).ids)
+                pieces.append(sep_id)
+        n = len(pieces) // (length - 2)
+        if n == 0:
+            raise TeacherError(f"the texts hold {len(pieces)} tokens: not enough for one chunk of {length}")
+        body = np.asarray(pieces[: n * (length - 2)], np.int32).reshape(n, length - 2)
+        return np.concatenate(
+            [np.full((n, 1), cls_id, np.int32), body, np.full((n, 1), sep_id, np.int32)], axis=1
+        )
+
+    def _special(self, token: str) -> int:
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise TeacherError(f"the tokenizer has no {token} token (not a BERT tokenizer?)")
+        return int(i)
+
     def tokens(self, ids) -> list[str]:
         """The wordpiece strings of ``ids`` (for plot labels)."""
         return [self._tok.id_to_token(int(i)) for i in np.asarray(ids)]
