@@ -1,0 +1,57 @@
+"""Offline training and held-out data (nothing is downloaded).
+
+- Text for distillation: the Python documentation topics shipped with CPython
+  (``pydoc_data.topics``, ~465k characters of English technical prose), cut into
+  fixed-length token windows (static shapes: one compile).
+- Held-out text, never used for training: ``astrojax/data/heldout.txt`` (a 102-token
+  paragraph) and ``astrojax/data/heldout_sentences.txt`` (30 short everyday sentences),
+  written for this project, on topics absent from the training corpus.
+- Images: scikit-learn's digits (train split for training, test split held out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..teachers import TextTokenizer
+from ..teachers._load import DATA_DIR
+
+__all__ = ["training_texts", "training_chunks", "heldout_text", "heldout_sentences", "pad_batch"]
+
+
+def training_texts() -> list[str]:
+    """The CPython documentation topics (``pydoc_data.topics``), one string per topic,
+    in a fixed order."""
+    from pydoc_data.topics import topics
+
+    return [topics[k] for k in sorted(topics)]
+
+
+def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed: int = 0) -> np.ndarray:
+    """``(num_chunks, length)`` token windows from :func:`training_texts`, a random subset
+    chosen by ``seed`` (all windows if ``num_chunks`` exceeds their number)."""
+    chunks = tokenizer.chunks(training_texts(), length)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(chunks))[:num_chunks]
+    return chunks[np.sort(idx)]
+
+
+def heldout_text() -> str:
+    return (DATA_DIR / "heldout.txt").read_text(encoding="utf-8")
+
+
+def heldout_sentences() -> list[str]:
+    lines = (DATA_DIR / "heldout_sentences.txt").read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def pad_batch(seqs: list[np.ndarray], length: int, pad_id: int = 0):
+    """Stack token sequences into ``(n, length)`` ids and a ``(n, length)`` bool mask."""
+    ids = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), bool)
+    for i, s in enumerate(seqs):
+        if len(s) > length:
+            raise ValueError(f"sequence {i} has {len(s)} tokens, more than length={length}")
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return ids, mask

@@ -1,0 +1,274 @@
+"""What is trained against what: one class per scope.
+
+A task holds the (frozen) teacher's targets on the training data as device arrays
+(``task.data``), builds the student, and defines ``loss(student, data, idx)`` for a
+batch of example indices and ``evaluate(student)`` on held-out data. The training loop
+(:mod:`astrojax.train.loop`) is the same for every task.
+
+- :class:`HeadsTask` (``scope: heads``): each teacher head gets its own
+  neuron--astrocyte head driven by the teacher's ``q, k, v``; losses on its read-out,
+  astrocyte response and attention weights.
+- :class:`TextModelTask` (``scope: model``, text teacher): every attention layer of the
+  teacher replaced by a neuron--astrocyte layer; losses on the final hidden states and
+  the sentence embedding.
+- :class:`DigitsModelTask` (``scope: model``, digits ViT): same, with the logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..dynamics import NeuronAstrocyteParams
+from ..layers import NeuronAstrocyteAttention
+from ..oracles import softmax_weights
+from ..teachers import Teacher, to_neuron_astrocyte
+from . import losses
+from .data import heldout_sentences, heldout_text, training_chunks
+from .evaluate import embedding_cosines, head_fields, summarize_fields
+from .students import HeadStudents, learned_feature_map
+
+__all__ = ["TaskConfig", "HeadsTask", "TextModelTask", "DigitsModelTask", "make_task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Plain settings of a task (filled from the Hydra config by the CLI)."""
+
+    num_features: int = 256
+    feature_map: str = "learned"  # learned | learned_normalized
+    params: NeuronAstrocyteParams | None = None
+    method: object = None
+    layers: tuple | None = None  # heads scope: teacher layers to distil (None: all)
+    chunk_tokens: int = 64
+    num_chunks: int = 256
+    data_seed: int = 0
+    train_params: tuple = ("tau_h", "tau_a", "tau_y", "eta_H", "eta_p")
+    train_projections: bool = False
+    loss_weights: dict = dataclasses.field(default_factory=lambda: {"y": 1.0, "log_a": 0.1, "kl": 1.0})
+    eval_pad: int = 48  # model scope: held-out sentences padded to this many tokens
+
+
+def _trainable_spec(student, cfg: TaskConfig):
+    """Filter spec: learned features and the chosen params (and projections)."""
+    spec = jax.tree.map(lambda _: False, student)
+
+    def mark_attn(s, attn_paths):
+        for get in attn_paths:
+            s = eqx.tree_at(lambda m: get(m).features, s, replace_fn=lambda f: jax.tree.map(lambda _: True, f))
+            s = eqx.tree_at(
+                lambda m: [getattr(get(m).params, n) for n in cfg.train_params], s,
+                replace_fn=lambda _: True,
+            )
+        return s
+
+    if isinstance(student, HeadStudents):
+        return mark_attn(spec, [lambda m: m])
+    paths = [
+        (lambda m, i=i: m.blocks[i].attn)
+        for i, b in enumerate(student.blocks)
+        if isinstance(b.attn, NeuronAstrocyteAttention)
+    ]
+    spec = mark_attn(spec, paths)
+    if cfg.train_projections:
+        for get in paths:
+            for n in ("W_Q", "W_K", "W_V", "W_O"):
+                spec = eqx.tree_at(lambda m, n=n: getattr(get(m), n), spec, replace_fn=lambda x: jax.tree.map(lambda _: True, x))
+    return spec
+
+
+def _stack_heads(x, layers):
+    """(N, L, H, ...) -> (len(layers) * H, N, ...)."""
+    x = x[:, list(layers)]
+    N, L, H = x.shape[:3]
+    return jnp.moveaxis(x.reshape(N, L * H, *x.shape[3:]), 0, 1)
+
+
+def _run_batched(fn, inputs, batch: int = 16):
+    """``jax.vmap(fn)`` over the leading axis in batches (bounded memory), concatenated."""
+    f = eqx.filter_jit(jax.vmap(fn))
+    outs = [f(*(x[i: i + batch] for x in inputs)) for i in range(0, len(inputs[0]), batch)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+
+
+class HeadsTask:
+    """Per-head distillation (see module docstring)."""
+
+    scope = "heads"
+
+    def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
+        if teacher.kind != "text":
+            raise ValueError("the heads scope needs a text teacher (use scope=model for the digits ViT)")
+        self.teacher, self.cfg = teacher, cfg
+        model = teacher.model
+        self.layers = tuple(range(model.num_layers)) if cfg.layers is None else tuple(cfg.layers)
+        self.H, self.D = model.num_heads, model.head_dim
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
+        out = _run_batched(lambda ids: _head_targets(model, ids), (jnp.asarray(chunks),))
+        # training targets: passed to the jitted step as arguments (never closed over:
+        # large captured constants make XLA compile-time constant folding crawl)
+        self.data = tuple(_stack_heads(x, self.layers).astype(dtype) for x in out)
+        self.num_examples = self.data[0].shape[1]
+        self.heldout_ids = teacher.tokenizer.encode(heldout_text())
+        self.dtype = dtype
+
+    @property
+    def head_labels(self):
+        return [(layer, h) for layer in self.layers for h in range(self.H)]
+
+    def init(self, key):
+        cfg = self.cfg
+        return HeadStudents(
+            len(self.layers) * self.H, cfg.num_features, self.D, key=key, params=cfg.params,
+            normalize=cfg.feature_map == "learned_normalized", method=cfg.method, dtype=self.dtype,
+        )
+
+    def trainable(self, student):
+        return _trainable_spec(student, self.cfg)
+
+    def loss(self, student: HeadStudents, data, idx):
+        q, k, v, y_ref, Z = (x[:, idx] for x in data)
+        w = self.cfg.loss_weights
+
+        def per_example(q, k, v, y_ref, Z):  # (heads, T, D)
+            y, a = student(q, k, v)
+            terms = {
+                "y": jax.vmap(losses.readout_error)(y, y_ref).mean(),
+                "log_a": jax.vmap(losses.normaliser_log_error)(a, Z).mean(),
+            }
+            if w.get("kl", 0.0):
+                w_ref = jax.vmap(lambda q, k: softmax_weights(q, k)[0])(q, k)
+                terms["kl"] = jax.vmap(losses.attention_kl)(w_ref, student.attention(q, k)).mean()
+            return terms
+
+        terms = jax.vmap(per_example, in_axes=1)(q, k, v, y_ref, Z)
+        terms = {n: jnp.mean(t) for n, t in terms.items()}
+        total = sum(w.get(n, 0.0) * t for n, t in terms.items())
+        return total, terms
+
+    def evaluate(self, student: HeadStudents) -> dict:
+        """Per-head metrics on the held-out paragraph: r(a, Z), median rel. errors."""
+        rows = head_fields(self.teacher.model, student, self.heldout_ids, self.layers)
+        return {"summary": summarize_fields(rows), "per_head": rows, "tokens": int(len(self.heldout_ids))}
+
+    def curves(self, student, head: int):
+        """``(a, Z)`` of head index ``head`` on the held-out paragraph (for plots)."""
+        out = eqx.filter_jit(self.teacher.model.run)(jnp.asarray(self.heldout_ids))
+        layer, h = self.head_labels[head]
+        q, k, v, Z = (x[layer, h][None] for x in (out.q, out.k, out.v, out.Z))
+        one = jax.tree.map(lambda x: x[head: head + 1] if eqx.is_array(x) else x, student)
+        _, a = eqx.filter_jit(one)(q, k, v)
+        return np.asarray(a[0]), np.asarray(Z[0])
+
+
+def _head_targets(model, ids, mask=None):
+    out = model.run(ids, mask)
+    return out.q, out.k, out.v, out.y, out.Z
+
+
+def _learned_student(model, cfg: TaskConfig, key, dtype):
+    kf, kt = jax.random.split(key)
+    L = model.num_layers
+    feats = []
+    for i, kl in enumerate(jax.random.split(kf, L)):
+        attn = model.blocks[i].attn
+        feats.append(eqx.filter_vmap(
+            lambda k: learned_feature_map(k, cfg.num_features, attn.head_dim,
+                                          normalize=cfg.feature_map == "learned_normalized", dtype=dtype)
+        )(jax.random.split(kl, attn.num_heads)))
+    student = to_neuron_astrocyte(model, cfg.num_features, key=kt, params=cfg.params, method=cfg.method)
+    return eqx.tree_at(lambda m: [b.attn.features for b in m.blocks], student, feats)
+
+
+class TextModelTask:
+    """Whole-model distillation for a text teacher (see module docstring)."""
+
+    scope = "model"
+
+    def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
+        self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
+        model = teacher.model
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
+        ids = jnp.asarray(chunks)
+        h_ref, e_ref = _run_batched(lambda ids: (model.encode(ids), model.sentence_embedding(ids)), (ids,))
+        self.data = (ids, h_ref.astype(dtype), e_ref.astype(dtype))
+        self.num_examples = len(chunks)
+        self.heldout_ids = teacher.tokenizer.encode(heldout_text())
+
+    def init(self, key):
+        return _learned_student(self.teacher.model, self.cfg, key, self.dtype)
+
+    def trainable(self, student):
+        return _trainable_spec(student, self.cfg)
+
+    def loss(self, student, data, idx):
+        w = self.cfg.loss_weights
+
+        def one(ids, h_ref, e_ref):
+            h = student.encode(ids)
+            e = jnp.mean(h, axis=0)
+            e = e / jnp.linalg.norm(e)
+            return {"hidden": losses.hidden_error(h, h_ref), "embedding": losses.embedding_cosine_loss(e, e_ref)}
+
+        terms = jax.vmap(one)(*(x[idx] for x in data))
+        terms = {n: jnp.mean(t) for n, t in terms.items()}
+        return sum(w.get(n, 0.0) * t for n, t in terms.items()), terms
+
+    def evaluate(self, student) -> dict:
+        """Sentence-embedding cosine on the held-out sentences; per-head fields on the
+        held-out paragraph."""
+        m = self.teacher.model
+        cos = embedding_cosines(m, student, self.teacher.tokenizer, heldout_sentences(), self.cfg.eval_pad)
+        rows = head_fields(m, student, self.heldout_ids)
+        summary = {"embedding_cosine_mean": float(cos.mean()), "embedding_cosine_min": float(cos.min()),
+                   **{f"heads_{k}": v for k, v in summarize_fields(rows).items()}}
+        return {"summary": summary, "sentences": len(cos), "per_head": rows}
+
+
+class DigitsModelTask:
+    """Whole-model distillation of the digits ViT (see module docstring)."""
+
+    scope = "model"
+
+    def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
+        from ..teachers import digits_data, evaluate_digits_vit
+
+        self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
+        x_tr, _, x_te, y_te = digits_data(seed=teacher.info.get("seed", 0))
+        x = jnp.asarray(x_tr[: cfg.num_chunks] if cfg.num_chunks < len(x_tr) else x_tr, dtype)
+        self.data = (x, eqx.filter_jit(jax.vmap(teacher.model))(x))
+        self.num_examples = len(x)
+        self.x_test, self.y_test = x_te, y_te
+        self.teacher_accuracy = float(evaluate_digits_vit(teacher.model, x_te, y_te))
+        self._eval = evaluate_digits_vit
+
+    def init(self, key):
+        return _learned_student(self.teacher.model, self.cfg, key, self.dtype)
+
+    def trainable(self, student):
+        return _trainable_spec(student, self.cfg)
+
+    def loss(self, student, data, idx):
+        x, logits_ref = data
+        logits = jax.vmap(student)(x[idx])
+        kl = jnp.mean(jax.vmap(losses.logits_kl)(logits, logits_ref[idx]))
+        return self.cfg.loss_weights.get("logits", 1.0) * kl, {"logits": kl}
+
+    def evaluate(self, student) -> dict:
+        acc = float(self._eval(student, self.x_test, self.y_test))
+        return {"summary": {"test_accuracy": acc, "teacher_test_accuracy": self.teacher_accuracy,
+                            "accuracy_gap_points": 100 * (self.teacher_accuracy - acc)}}
+
+
+def make_task(scope: str, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
+    if scope == "heads":
+        return HeadsTask(teacher, cfg, dtype)
+    if teacher.kind == "image":
+        return DigitsModelTask(teacher, cfg, dtype)
+    return TextModelTask(teacher, cfg, dtype)
+
+
