@@ -92,8 +92,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "train the digits ViT teacher (scikit-learn digits, about a minute on CPU)",
         hydra_app("teacher_digits", "astrojax.teachers._jobs:teacher_digits_job"),
     ),
-    # future subcommands, one entry each, e.g.
-    # "train": Subcommand("train a neuron-astrocyte transformer", hydra_app("train", "astrojax.train.app:train_job")),
+    "train": Subcommand(
+        "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
+        hydra_app("train", "astrojax.train.app:train_job"),
+    ),
+    "evaluate": Subcommand(
+        "evaluate a trained run on held-out text: astrojax evaluate run=DIR [text=PATH]",
+        hydra_app("evaluate", "astrojax.train.app:evaluate_job"),
+    ),
 }
 
 

@@ -121,10 +121,15 @@ class HeadsTask:
         return [(layer, h) for layer in self.layers for h in range(self.H)]
 
     def init(self, key):
-        cfg = self.cfg
+        return self.init_student(self.teacher.model, self.cfg, key, self.dtype)
+
+    @staticmethod
+    def init_student(model, cfg: TaskConfig, key, dtype=jnp.float32) -> HeadStudents:
+        """The initial per-head student for ``model``'s chosen layers (no data needed)."""
+        n_layers = model.num_layers if cfg.layers is None else len(cfg.layers)
         return HeadStudents(
-            len(self.layers) * self.H, cfg.num_features, self.D, key=key, params=cfg.params,
-            normalize=cfg.feature_map == "learned_normalized", method=cfg.method, dtype=self.dtype,
+            n_layers * model.num_heads, cfg.num_features, model.head_dim, key=key, params=cfg.params,
+            normalize=cfg.feature_map == "learned_normalized", method=cfg.method, dtype=dtype,
         )
 
     def trainable(self, student):

