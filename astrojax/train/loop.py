@@ -109,7 +109,7 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
         (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params, data, idx)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
-        gnorm = optax.tree_utils.tree_l2_norm(grads)
+        gnorm = optax.tree.norm(grads)
         return params, opt_state, loss, terms, gnorm
 
     history = []
