@@ -220,3 +220,22 @@ def test_cli_unknown_experiment_and_bad_value(tmp_path):
     r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "optimizer.learning_rate=-1",
                         f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "config key `optimizer.learning_rate`" in r.stderr
+
+
+@pytest.mark.slow  # ~9 min on 2 cores (compiling 6 simulated layers forward + backward)
+@needs_minilm
+def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
+    """Model scope on MiniLM: every attention layer replaced; trains (loss decreases) and
+    reports sentence-embedding cosines on held-out sentences."""
+    from astrojax.train.app import run_evaluate, run_train
+
+    c = tiny_config(name="tiny_model", scope="model", layers=None, steps=6, log_every=1, checkpoint_every=3)
+    c["data"].update(num_chunks=8, eval_pad=24)
+    c["optimizer"]["warmup_steps"] = 1
+    res = run_train(c, str(tmp_path / "run"))
+    s = res["after"]["summary"]
+    assert 0.0 < s["embedding_cosine_mean"] <= 1.0 and len(res["after"]["per_head"]) == 72
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    ev = run_evaluate(str(tmp_path / "run"), None)
+    assert 0.0 < ev["embedding_cosine"]["mean"] <= 1.0 and ev["embedding_cosine"]["sentences"] == 4

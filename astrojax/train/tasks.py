@@ -88,10 +88,12 @@ def _stack_heads(x, layers):
     return jnp.moveaxis(x.reshape(N, L * H, *x.shape[3:]), 0, 1)
 
 
-def _run_batched(fn, inputs, batch: int = 16):
-    """``jax.vmap(fn)`` over the leading axis in batches (bounded memory), concatenated."""
-    f = eqx.filter_jit(jax.vmap(fn))
-    outs = [f(*(x[i: i + batch] for x in inputs)) for i in range(0, len(inputs[0]), batch)]
+def _run_batched(fn, model, inputs, batch: int = 16):
+    """``jax.vmap(fn, (None, 0))(model, inputs)`` in batches (bounded memory), concatenated.
+    The model is an argument, never closed over: captured arrays would be baked into the
+    compiled program as constants (slow to compile)."""
+    f = eqx.filter_jit(eqx.filter_vmap(fn, in_axes=(None, 0)))
+    outs = [f(model, inputs[i: i + batch]) for i in range(0, len(inputs), batch)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
 
 
@@ -108,7 +110,7 @@ class HeadsTask:
         self.layers = tuple(range(model.num_layers)) if cfg.layers is None else tuple(cfg.layers)
         self.H, self.D = model.num_heads, model.head_dim
         chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
-        out = _run_batched(lambda ids: _head_targets(model, ids), (jnp.asarray(chunks),))
+        out = _run_batched(_head_targets, model, jnp.asarray(chunks))
         # training targets: passed to the jitted step as arguments (never closed over:
         # large captured constants make XLA compile-time constant folding crawl)
         self.data = tuple(_stack_heads(x, self.layers).astype(dtype) for x in out)
@@ -199,7 +201,7 @@ class TextModelTask:
         model = teacher.model
         chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
         ids = jnp.asarray(chunks)
-        h_ref, e_ref = _run_batched(lambda ids: (model.encode(ids), model.sentence_embedding(ids)), (ids,))
+        h_ref, e_ref = _run_batched(lambda m, ids: (m.encode(ids), m.sentence_embedding(ids)), model, ids)
         self.data = (ids, h_ref.astype(dtype), e_ref.astype(dtype))
         self.num_examples = len(chunks)
         self.heldout_ids = teacher.tokenizer.encode(heldout_text())
@@ -245,7 +247,7 @@ class DigitsModelTask:
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         x_tr, _, x_te, y_te = digits_data(seed=teacher.info.get("seed", 0))
         x = jnp.asarray(x_tr[: cfg.num_chunks] if cfg.num_chunks < len(x_tr) else x_tr, dtype)
-        self.data = (x, eqx.filter_jit(jax.vmap(teacher.model))(x))
+        self.data = (x, _run_batched(lambda m, x: m(x), teacher.model, x, batch=256))
         self.num_examples = len(x)
         self.x_test, self.y_test = x_te, y_te
         self.teacher_accuracy = float(evaluate_digits_vit(teacher.model, x_te, y_te))
