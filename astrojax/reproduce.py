@@ -46,8 +46,12 @@ def head_metrics(a, y, Z, y_ref):
     """``(r_aZ, a_rel_err, y_rel_err)`` of one head (jax arrays; see module docstring)."""
     import jax.numpy as jnp
 
-    ac, Zc = a - jnp.mean(a), Z - jnp.mean(Z)
-    r = jnp.sum(ac * Zc) / jnp.sqrt(jnp.sum(ac**2) * jnp.sum(Zc**2))
+    def unit(x):  # centred and scaled to max 1: Z ~ 1e16 would overflow sum(Z^2) in float32
+        xc = x - jnp.mean(x)
+        xc = xc / jnp.max(jnp.abs(xc))
+        return xc / jnp.linalg.norm(xc)
+
+    r = jnp.sum(unit(a) * unit(Z))
     a_err = jnp.median(jnp.abs(a - Z) / Z)
     y_err = jnp.median(jnp.linalg.norm(y - y_ref, axis=-1) / jnp.linalg.norm(y_ref, axis=-1))
     return jnp.stack([r, a_err, y_err])

@@ -198,3 +198,16 @@ def test_reproduce_digits_vit(small_digits_vit, tmp_path):
     assert big[4096] < big[256]
     with pytest.raises(ConfigError, match="`image`"):
         run_reproduce(base_config(teacher=str(small_digits_vit), image=100000), str(tmp_path / "r2"))
+
+
+def test_head_metrics_pearson_does_not_overflow_float32():
+    """Z ~ 1e16 (a MiniLM head): sum(Z^2) would overflow float32; r must stay exact."""
+    from astrojax.reproduce import head_metrics
+
+    rng = np.random.default_rng(0)
+    Z = np.exp(rng.uniform(30, 38, 50))
+    a = Z * np.exp(0.3 * rng.normal(size=50))
+    y = np.ones((50, 4))
+    r = head_metrics(jnp.asarray(a, jnp.float32), jnp.asarray(y, jnp.float32), jnp.asarray(Z, jnp.float32),
+                     jnp.asarray(y, jnp.float32))[0]
+    assert float(r) == pytest.approx(np.corrcoef(a, Z)[0, 1], rel=1e-4)
