@@ -121,6 +121,10 @@ def tiny_config(**over):
     return c
 
 
+class SimulatedKill(Exception):
+    """Stands in for SIGKILL mid-run (a KeyboardInterrupt would stop the pytest session)."""
+
+
 def _leaves(path):
     from astrojax.train.app import load_run
 
@@ -145,11 +149,11 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     def dying_append(self, rec):
         if rec.get("step") == 13:
-            raise KeyboardInterrupt("simulated kill at step 13")
+            raise SimulatedKill("simulated kill at step 13")
         real_append(self, rec)
 
     monkeypatch.setattr(rundir.MetricsLog, "append", dying_append)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedKill):
         run_train(tiny_config(), str(killed))
     monkeypatch.setattr(rundir.MetricsLog, "append", real_append)
     assert not (killed / "model.eqx").exists()
