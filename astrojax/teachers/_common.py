@@ -3,6 +3,7 @@ weight transfer to neuron--astrocyte layers, and model files with a JSON header.
 
 from __future__ import annotations
 
+import abc
 import json
 from typing import NamedTuple
 
@@ -55,8 +56,9 @@ class AbstractEncoder(eqx.Module):
 
     blocks: eqx.AbstractVar[tuple]
 
+    @abc.abstractmethod
     def embed(self, inputs, mask=None):
-        raise NotImplementedError
+        """``(x (T, d), mask)``: the embedded sequence that enters the first block."""
 
     @property
     def num_layers(self) -> int:
