@@ -12,6 +12,16 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the config key."""
 
 
+def check_keys(c: dict, keys, prefix: str = "") -> None:
+    """Every key of ``keys`` present in ``c`` and nothing else (``prefix``: ``"section."``)."""
+    unknown = [k for k in c if k not in keys]
+    if unknown:
+        raise ConfigError(f"config key `{prefix}{unknown[0]}`: unknown key; expected one of {list(keys)}")
+    missing = [k for k in keys if k not in c]
+    if missing:
+        raise ConfigError(f"config key `{prefix}{missing[0]}`: missing")
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 

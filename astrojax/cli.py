@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 __all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "SimulationError", "run_simulate"]
 
-from ._config import ConfigError, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+from ._config import ConfigError, check_keys, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
@@ -163,12 +163,7 @@ def validate_simulate_config(c: dict) -> None:
     from .features import FEATURE_MAPS
     from .protocol import PROTOCOLS
 
-    unknown = [k for k in c if k not in _SIMULATE_KEYS]
-    if unknown:
-        raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected one of {_SIMULATE_KEYS}")
-    missing = [k for k in _SIMULATE_KEYS if k not in c]
-    if missing:
-        raise ConfigError(f"config key `{missing[0]}`: missing")
+    check_keys(c, _SIMULATE_KEYS)
     _pos_int("seed", c["seed"], 0)
     for key in ("T", "D", "Dv", "m", "n_sub", "max_steps"):
         _pos_int(key, c[key])

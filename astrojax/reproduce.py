@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._config import ConfigError, _bool, _pos_int, check_method_config, check_params_config, method_from_config
+from ._config import ConfigError, check_keys, _bool, _pos_int, check_method_config, check_params_config, method_from_config
 
 __all__ = ["reproduce", "head_metrics", "run_reproduce", "reproduce_job", "summarize_heads"]
 
@@ -144,12 +144,7 @@ def validate_reproduce_config(c: dict) -> None:
     """Check a resolved reproduce config (plain dict); raise :class:`ConfigError`."""
     from .features import FEATURE_MAPS
 
-    unknown = [k for k in c if k not in _KEYS]
-    if unknown:
-        raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected one of {_KEYS}")
-    missing = [k for k in _KEYS if k not in c]
-    if missing:
-        raise ConfigError(f"config key `{missing[0]}`: missing")
+    check_keys(c, _KEYS)
     if not isinstance(c["teacher"], str) or not c["teacher"].strip():
         raise ConfigError(f"config key `teacher`: expected 'minilm', 'digits' or a path, got {c['teacher']!r}")
     if c["text"] is not None and not isinstance(c["text"], str):

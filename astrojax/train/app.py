@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .._config import ConfigError, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+from .._config import ConfigError, check_keys, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
 
 __all__ = ["run_train", "train_job", "run_evaluate", "evaluate_job", "build_student", "load_run"]
 
@@ -44,12 +44,7 @@ def validate_train_config(c: dict) -> None:
     from ..dynamics import PARAM_NAMES
     from .students import STUDENT_FEATURES
 
-    unknown = [k for k in c if k not in _KEYS]
-    if unknown:
-        raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected one of {_KEYS}")
-    missing = [k for k in _KEYS if k not in c]
-    if missing:
-        raise ConfigError(f"config key `{missing[0]}`: missing")
+    check_keys(c, _KEYS)
     if not isinstance(c["name"], str) or not c["name"]:
         raise ConfigError(f"config key `name`: expected a non-empty string, got {c['name']!r}")
     _choice("scope", c["scope"], ("heads", "model"))
@@ -105,12 +100,7 @@ def _section(c, name, keys):
     sec = c[name]
     if not isinstance(sec, dict):
         raise ConfigError(f"config key `{name}`: expected a mapping with keys {list(keys)}, got {sec!r}")
-    unknown = [k for k in sec if k not in keys]
-    if unknown:
-        raise ConfigError(f"config key `{name}.{unknown[0]}`: unknown key; expected one of {list(keys)}")
-    missing = [k for k in keys if k not in sec]
-    if missing:
-        raise ConfigError(f"config key `{name}.{missing[0]}`: missing")
+    check_keys(sec, keys, prefix=f"{name}.")
 
 
 def _method(c):
