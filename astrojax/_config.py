@@ -12,6 +12,26 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the config key."""
 
 
+def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
+    """Body of a Hydra task: ``run(cfg, out_dir)`` in Hydra's run directory; a
+    :class:`ConfigError` exits with status 2 and its message, and each ``(exception type,
+    label)`` in ``failures`` exits with status 1 and ``label: message``."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run(cfg, out_dir)
+    except ConfigError as e:
+        print(f"astrojax {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except tuple(t for t, _ in failures) as e:
+        label = next(lab for t, lab in failures if isinstance(e, t))
+        print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def check_keys(c: dict, keys, prefix: str = "") -> None:
     """Every key of ``keys`` present in ``c`` and nothing else (``prefix``: ``"section."``)."""
     unknown = [k for k in c if k not in keys]

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 __all__ = ["main", "SUBCOMMANDS", "Subcommand", "hydra_app", "ConfigError", "SimulationError", "run_simulate"]
 
-from ._config import ConfigError, check_keys, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+from ._config import ConfigError, check_keys, run_in_hydra_dir, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
@@ -437,17 +437,7 @@ def _run_compiled(compiled, args, c):
 
 def simulate_job(cfg) -> None:
     """Hydra task of ``astrojax simulate``: outputs go to Hydra's run directory."""
-    from hydra.core.hydra_config import HydraConfig
-
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:
-        run_simulate(cfg, out_dir)
-    except ConfigError as e:
-        print(f"astrojax simulate: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except SimulationError as e:
-        print(f"astrojax simulate: simulation failed: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_in_hydra_dir("simulate", run_simulate, cfg, failures=((SimulationError, "simulation failed"),))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._config import ConfigError, check_keys, _bool, _pos_int, check_method_config, check_params_config, method_from_config
+from ._config import ConfigError, check_keys, run_in_hydra_dir, _bool, _pos_int, check_method_config, check_params_config, method_from_config
 
 __all__ = ["reproduce", "head_metrics", "run_reproduce", "reproduce_job", "summarize_heads"]
 
@@ -393,11 +393,4 @@ def _print_summary(metrics, written):
 
 def reproduce_job(cfg) -> None:
     """Hydra task of ``astrojax reproduce``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:
-        run_reproduce(cfg, out_dir)
-    except ConfigError as e:
-        print(f"astrojax reproduce: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_in_hydra_dir("reproduce", run_reproduce, cfg)

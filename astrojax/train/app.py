@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .._config import ConfigError, check_keys, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+from .._config import ConfigError, check_keys, run_in_hydra_dir, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
 
 __all__ = ["run_train", "train_job", "run_evaluate", "evaluate_job", "build_student", "load_run"]
 
@@ -350,14 +350,7 @@ def _print_result(final: dict):
 
 def train_job(cfg) -> None:
     """Hydra task of ``astrojax train``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:
-        run_train(cfg, out_dir)
-    except ConfigError as e:
-        print(f"astrojax train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_in_hydra_dir("train", run_train, cfg)
 
 
 # ----------------------------------------------------------------------------- evaluate
