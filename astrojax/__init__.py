@@ -3,6 +3,7 @@ from .dynamics import NeuronAstrocyteParams, State, vector_field
 from .features import (
     AbstractFeatureMap,
     CosineFeatures,
+    DendriticExpFeatures,
     LearnedExpFeatures,
     PerformerFeatures,
     SaturatingFeatures,
@@ -33,6 +34,7 @@ __all__ = [
     "SaturatingFeatures",
     "CosineFeatures",
     "LearnedExpFeatures",
+    "DendriticExpFeatures",
     "make_feature_map",
     "NeuronAstrocyteAttention",
     "TransformerBlock",

@@ -21,6 +21,10 @@ Which one to use:
 - :class:`LearnedExpFeatures` -- trainable input weights and biases,
   ``phi(x) = exp(W x + b) / sqrt(m)``, optionally divisively normalised across the
   hidden population (a softmax over neurons, as in Hedgehog, Zhang et al. ICLR 2024).
+- :class:`DendriticExpFeatures` -- trainable exp features whose log-rate adds a small
+  nonlinear "dendritic" layer to the linear input, ``z = W2 gelu(W1 x + b1) + Wl x + b2
+  - |x|^2/2``; initialised at the orthogonal random construction. The best distilled
+  student of the feature-map search (experiments/feature_search).
 
 All positive maps are computed from :meth:`log_features` so that large inputs neither
 overflow nor underflow in float32 when a caller subtracts a shared shift (see
@@ -46,6 +50,7 @@ __all__ = [
     "SaturatingFeatures",
     "CosineFeatures",
     "LearnedExpFeatures",
+    "DendriticExpFeatures",
     "FEATURE_MAPS",
     "make_feature_map",
     "shifted_features",
@@ -265,6 +270,69 @@ class LearnedExpFeatures(AbstractFeatureMap):
         return z - 0.5 * math.log(self.num_features)
 
 
+class DendriticExpFeatures(AbstractFeatureMap):
+    r"""Exp features with a small nonlinear ("dendritic") layer before the exponential:
+
+    ``z(x) = W2 gelu(W1 x + b1) + Wl x + b2 - |x|^2/2``,  ``phi(x) = exp(z(x)) / sqrt(m)``.
+
+    Same map for queries and keys; strictly positive. Shapes: ``W1 (n, D)``, ``b1 (n,)``,
+    ``W2 (m, n)``, ``Wl (m, D)``, ``b2 (m,)`` with ``n`` dendritic units shared by the
+    ``m`` hidden neurons. Build with :meth:`init`: ``Wl`` is the paper's block-orthogonal
+    performer weights and ``W2`` small, so at initialisation the map is close to the
+    orthogonal random construction (exactly it with ``w2_scale=0``).
+    """
+
+    W1: jax.Array
+    b1: jax.Array
+    W2: jax.Array
+    Wl: jax.Array
+    b2: jax.Array
+    positive: ClassVar[bool] = True
+
+    def __init__(self, W1, b1, W2, Wl, b2):
+        self.Wl = _check_weights(Wl)
+        self.W1 = as_array("W1", W1, 2)
+        self.b1 = as_array("b1", b1, 1)
+        self.W2 = as_array("W2", W2, 2)
+        self.b2 = as_array("b2", b2, 1)
+        m, D = self.Wl.shape
+        n = self.W1.shape[0]
+        expected = {"W1": (n, D), "b1": (n,), "W2": (m, n), "b2": (m,)}
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(
+                    f"`{name}` must have shape {shape} (m={m} hidden neurons, D={D} inputs, "
+                    f"{n} dendritic units), got {getattr(self, name).shape}"
+                )
+
+    @classmethod
+    def init(cls, key, m: int, D: int, hidden: int = 64, *, w1_scale: float = 2.0,
+             w2_scale: float = 0.1, dtype=None) -> "DendriticExpFeatures":
+        """Random initialisation near the orthogonal random construction:
+        ``W1 ~ N(0, w1_scale^2 / D)``, ``W2 ~ N(0, w2_scale^2 / hidden)``, biases 0."""
+        m, D, hidden = check_int("m", m), check_int("D", D), check_int("hidden", hidden)
+        dtype = dtype or jnp.result_type(float)
+        k1, k2, k3 = jax.random.split(key, 3)
+        Wl = PerformerFeatures.orthogonal(k1, m, D, dtype).W
+        W1 = jax.random.normal(k2, (hidden, D), dtype) * (w1_scale / math.sqrt(D))
+        W2 = jax.random.normal(k3, (m, hidden), dtype) * (w2_scale / math.sqrt(hidden))
+        return cls(W1, jnp.zeros((hidden,), dtype), W2, Wl, jnp.zeros((m,), dtype))
+
+    @property
+    def num_features(self) -> int:
+        return self.Wl.shape[0]
+
+    @property
+    def in_dim(self) -> int:
+        return self.Wl.shape[1]
+
+    def log_features(self, x):
+        self._check_input(x)
+        d = jax.nn.gelu(x @ self.W1.T + self.b1)
+        z = d @ self.W2.T + x @ self.Wl.T + self.b2 - _sq_half(x)
+        return z - 0.5 * math.log(self.num_features)
+
+
 def _orth(key, m, D, dtype=None):
     return PerformerFeatures.orthogonal(key, m, D, dtype)
 
@@ -278,12 +346,13 @@ FEATURE_MAPS = {
     ),
     "cosine": lambda key, m, D, **kw: CosineFeatures.random(key, m, D, **kw),
     "learned": lambda key, m, D, **kw: LearnedExpFeatures.random(key, m, D, **kw),
+    "dendritic": lambda key, m, D, **kw: DendriticExpFeatures.init(key, m, D, **kw),
 }
 
 
 def make_feature_map(name: str, key, m: int, D: int, **kwargs) -> AbstractFeatureMap:
     """Build a feature map by name: one of ``FEATURE_MAPS`` (performer, orthogonal,
-    saturating, cosine, learned)."""
+    saturating, cosine, learned, dendritic)."""
     check_choice("feature_map", name, FEATURE_MAPS.keys())
     return FEATURE_MAPS[name](key, m, D, **kwargs)
 

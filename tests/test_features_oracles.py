@@ -239,6 +239,30 @@ def test_learned_normalized_features_sum_to_one():
     np.testing.assert_allclose(np.asarray(h(x)), np_performer(x, f.W), rtol=1e-12)
 
 
+def test_dendritic_features_match_numpy_and_reduce_to_performer():
+    from astrojax.features import DendriticExpFeatures
+
+    rng = np.random.default_rng(4)
+    m, D, n = 10, 4, 6
+    W1, b1, W2, Wl, b2 = (rng.normal(size=s) for s in ((n, D), (n,), (m, n), (m, D), (m,)))
+    x = rng.normal(size=(7, D))
+    pre = x @ W1.T + b1
+    gelu = 0.5 * pre * (1 + np.tanh(math.sqrt(2 / math.pi) * (pre + 0.044715 * pre**3)))  # tanh form
+    ref = np.exp(gelu @ W2.T + x @ Wl.T + b2 - 0.5 * (x * x).sum(-1, keepdims=True)) / math.sqrt(m)
+    f = DendriticExpFeatures(W1, b1, W2, Wl, b2)
+    np.testing.assert_allclose(np.asarray(f(x)), ref, rtol=1e-10)
+    # with W2 = 0 it is the performer map with Wl (the paper's construction at init)
+    g = DendriticExpFeatures.init(_keys(1), m, D, n, w2_scale=0.0)
+    np.testing.assert_allclose(np.asarray(g(x)), np_performer(x, np.asarray(g.Wl)), rtol=1e-12)
+    assert aj.make_feature_map("dendritic", _keys(1), m, D, hidden=n).W2.shape == (m, n)
+    check_grads(lambda W2: f.__class__(W1, b1, W2, Wl, b2)(x).sum(), (jnp.asarray(W2),), order=1,
+                modes=["rev"], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`W2` must have shape \(10, 6\)"):
+        DendriticExpFeatures(W1, b1, W2[:, :3], Wl, b2)
+    with pytest.raises(ValueError, match="last dimension D=4"):
+        f(x[:, :3])
+
+
 def test_performer_features_match_numpy():
     W = np.random.default_rng(0).normal(size=(16, 4))
     x = np.random.default_rng(1).normal(size=(5, 4))

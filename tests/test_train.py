@@ -201,6 +201,9 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
         ({"layers": [9]}, "layers"),
         ({"init_from": "/no/such/run"}, "init_from"),
         ({"bogus": 1}, "bogus"),
+        ({"dendrite_hidden": 0}, "dendrite_hidden"),
+        ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 1.0}},
+         "data.corrupt"),
     ],
 )
 def test_bad_train_config_fails_at_start(tmp_path, over, key):
@@ -212,6 +215,53 @@ def test_bad_train_config_fails_at_start(tmp_path, over, key):
     with pytest.raises(ConfigError, match=f"`{key.replace('[', '.').replace(']', '.')}`"):
         run_train(tiny_config(**over), str(out))
     assert not (out / "checkpoints").exists()
+
+
+@needs_minilm
+def test_token_corruption_augmentation():
+    from astrojax.teachers import load_teacher
+    from astrojax.train.data import training_chunks
+
+    tok = load_teacher("minilm").tokenizer
+    clean = training_chunks(tok, 64, 400, seed=0)
+    aug = training_chunks(tok, 64, 400, seed=0, corrupt=0.3)
+    np.testing.assert_array_equal(aug[0::2], clean[0::2])  # every second window untouched
+    np.testing.assert_array_equal(aug[:, [0, -1]], clean[:, [0, -1]])  # [CLS] ... [SEP] kept
+    changed = aug[1::2, 1:-1] != clean[1::2, 1:-1]
+    assert abs(changed.mean() - 0.3) < 0.02  # 12400 Bernoulli(0.3) draws: 4.9 sigma
+    assert tok.first_word_id == 999 and aug[1::2, 1:-1][changed].min() >= 999
+    assert aug.max() < tok.vocab_size
+    with pytest.raises(ValueError, match="corrupt"):
+        training_chunks(tok, 64, 4, corrupt=1.0)
+
+
+@needs_minilm
+def test_warm_start_copies_head_features_into_the_model(tmp_path):
+    """init_from: a heads run's per-head features and params land in the right layers of
+    the whole-model student (and a mismatched run is refused, naming init_from)."""
+    from astrojax.teachers import load_teacher
+    from astrojax.train.app import _method, _task_config, _warm_start, load_run, run_train
+    from astrojax.train.tasks import make_task
+
+    heads = tmp_path / "heads"
+    run_train(tiny_config(layers=[1, 3], steps=2, feature_map="dendritic", dendrite_hidden=4), str(heads))
+    src, _ = load_run(heads)
+    teacher = load_teacher("minilm")
+    c = tiny_config(scope="model", layers=None, feature_map="dendritic", dendrite_hidden=4, init_from=str(heads))
+    c["data"].update(num_chunks=2)
+    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
+    student = _warm_start(c, teacher, task)
+    fresh = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0])  # as _warm_start
+    for j, layer in enumerate([1, 3]):
+        got = student.blocks[layer].attn.features
+        np.testing.assert_array_equal(np.asarray(got.W2), np.asarray(src.features.W2[j * 12:(j + 1) * 12]))
+        np.testing.assert_array_equal(np.asarray(student.blocks[layer].attn.params.tau_y),
+                                      np.asarray(src.params.tau_y[j * 12:(j + 1) * 12]))
+    # untouched layers keep the fresh initialisation
+    np.testing.assert_array_equal(np.asarray(student.blocks[0].attn.features.Wl),
+                                  np.asarray(fresh.blocks[0].attn.features.Wl))
+    with pytest.raises(ConfigError, match="`init_from`.*dendrite_hidden=8"):
+        _warm_start({**c, "dendrite_hidden": 8}, teacher, task)
 
 
 def test_cli_unknown_experiment_and_bad_value(tmp_path):

@@ -175,6 +175,17 @@ class TextTokenizer:
             )
         return ids
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def first_word_id(self) -> int:
+        """The first id after every bracketed special/reserved token (``[PAD]``,
+        ``[unused*]``, ``[CLS]``...): ids from here on are ordinary wordpieces."""
+        special = [i for tok, i in self._tok.get_vocab().items() if tok.startswith("[") and tok.endswith("]")]
+        return max(special, default=-1) + 1
+
     def chunks(self, texts, length: int) -> np.ndarray:
         """Split texts into ``(n, length)`` int32 windows: the wordpieces of all texts
         concatenated (one ``[SEP]`` between texts), cut into pieces of ``length - 2``,

@@ -29,11 +29,11 @@ from .._config import ConfigError, check_keys, run_in_hydra_dir, _bool, _choice,
 __all__ = ["run_train", "train_job", "run_evaluate", "evaluate_job", "build_student", "load_run"]
 
 _KEYS = (
-    "name scope teacher layers m feature_map init_from method n_sub solver adaptive rtol atol dt0 "
+    "name scope teacher layers m feature_map dendrite_hidden init_from method n_sub solver adaptive rtol atol dt0 "
     "max_steps adjoint params train_params train_projections data loss steps batch_size optimizer seed "
     "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64"
 ).split()
-_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad")
+_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt")
 _LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
 _OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
 _IGNORED_ON_RESUME = ("progress",)
@@ -57,6 +57,7 @@ def validate_train_config(c: dict) -> None:
             _pos_int(f"layers[{i}]", layer, 0)
     _pos_int("m", c["m"])
     _choice("feature_map", c["feature_map"], STUDENT_FEATURES)
+    _pos_int("dendrite_hidden", c["dendrite_hidden"])
     if c["init_from"] is not None and not isinstance(c["init_from"], str):
         raise ConfigError(f"config key `init_from`: expected null or a run directory, got {c['init_from']!r}")
     check_method_config(c)
@@ -73,6 +74,9 @@ def validate_train_config(c: dict) -> None:
     _pos_int("data.num_chunks", c["data"]["num_chunks"])
     _pos_int("data.seed", c["data"]["seed"], 0)
     _pos_int("data.eval_pad", c["data"]["eval_pad"], 3)
+    _real("data.corrupt", c["data"]["corrupt"], nonneg=True)
+    if c["data"]["corrupt"] >= 1:
+        raise ConfigError(f"config key `data.corrupt`: expected a fraction in [0, 1), got {c['data']['corrupt']!r}")
     _section(c, "loss", _LOSS_KEYS)
     for n in _LOSS_KEYS:
         _real(f"loss.{n}", c["loss"][n], nonneg=True)
@@ -125,6 +129,8 @@ def _task_config(c, method):
         num_features=c["m"], feature_map=c["feature_map"], params=NeuronAstrocyteParams(**c["params"]),
         method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
         chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
+        # .get: run directories written before these keys existed still load
+        corrupt=c["data"].get("corrupt", 0.0), dendrite_hidden=c.get("dendrite_hidden", 64),
         train_params=tuple(c["train_params"]), train_projections=c["train_projections"],
         loss_weights=dict(c["loss"]), eval_pad=c["data"]["eval_pad"],
     )
@@ -285,10 +291,14 @@ def _warm_start(c, teacher, task):
     from ..layers import NeuronAstrocyteAttention
 
     src, sc = load_run(c["init_from"], teacher=teacher)
-    if sc["scope"] != "heads" or sc["m"] != c["m"] or sc["feature_map"] != c["feature_map"]:
+    want = {"scope": "heads", "m": c["m"], "feature_map": c["feature_map"]}
+    if c["feature_map"] == "dendritic":
+        want["dendrite_hidden"] = c["dendrite_hidden"]
+    have = {k: sc.get(k, 64 if k == "dendrite_hidden" else None) for k in want}
+    if have != want:
+        fmt = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
         raise ConfigError(
-            f"config key `init_from`: {c['init_from']} must be a heads-scope run with m={c['m']} and "
-            f"feature_map={c['feature_map']} (it has scope={sc['scope']}, m={sc['m']}, feature_map={sc['feature_map']})"
+            f"config key `init_from`: {c['init_from']} must be a run with {fmt(want)} (it has {fmt(have)})"
         )
     layers = list(range(teacher.model.num_layers)) if sc["layers"] is None else sc["layers"]
     student = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0])

@@ -27,13 +27,30 @@ def training_texts() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
-def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed: int = 0) -> np.ndarray:
+def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed: int = 0,
+                    corrupt: float = 0.0) -> np.ndarray:
     """``(num_chunks, length)`` token windows from :func:`training_texts`, a random subset
-    chosen by ``seed`` (all windows if ``num_chunks`` exceeds their number)."""
+    chosen by ``seed`` (all windows if ``num_chunks`` exceeds their number).
+
+    ``corrupt > 0``: augmentation towards text unlike the (technical) training corpus --
+    in every second window a fraction ``corrupt`` of the body tokens is replaced by
+    wordpieces drawn uniformly from the vocabulary (ids past the reserved/unused ones);
+    ``[CLS]``/``[SEP]`` stay. In the feature-map search this lowered the held-out error
+    of distilled heads from 25 % to 22 % at ``corrupt=0.3`` (experiments/feature_search).
+    """
+    if not 0.0 <= corrupt < 1.0:
+        raise ValueError(f"`corrupt` must be a fraction in [0, 1), got {corrupt!r}")
     chunks = tokenizer.chunks(training_texts(), length)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(chunks))[:num_chunks]
-    return chunks[np.sort(idx)]
+    out = chunks[np.sort(idx)].copy()
+    if corrupt > 0:
+        first = tokenizer.first_word_id
+        hit = rng.random(out.shape) < corrupt
+        hit[0::2] = False  # every second window stays clean
+        hit[:, [0, -1]] = False
+        out[hit] = rng.integers(first, tokenizer.vocab_size, int(hit.sum()))
+    return out
 
 
 def heldout_text() -> str:

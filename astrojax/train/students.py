@@ -8,8 +8,9 @@
   (stacked), each with its own learned hidden neurons and parameters, driven by its
   teacher head's ``q, k, v`` and trained to reproduce that head's output and normaliser.
 - :func:`learned_feature_map`: the trainable hidden-neuron population (exp features,
-  initialised at the paper's random construction so "before training" is the paper's
-  network with the same ``m``).
+  plain, divisively normalised or with a dendritic layer; all initialised at or near the
+  paper's random construction so "before training" is the paper's network with the
+  same ``m``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from ..dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS, NeuronAstrocyteParams
-from ..features import AbstractFeatureMap, LearnedExpFeatures, PerformerFeatures
+from .._validate import check_choice
+from ..features import AbstractFeatureMap, DendriticExpFeatures, LearnedExpFeatures, PerformerFeatures
 from ..integrate import DiffraxPath, FastPath
 from ..layers import _implied_weights
 from ..protocol import Protocol, as_protocol
@@ -28,7 +30,7 @@ from ..simulate import simulate_head
 __all__ = ["constrain", "unconstrain", "HeadStudents", "learned_feature_map", "STUDENT_FEATURES"]
 
 _LEAK_FLOOR = 1e-6
-STUDENT_FEATURES = ("learned", "learned_normalized")
+STUDENT_FEATURES = ("learned", "learned_normalized", "dendritic")
 
 
 def _is_params(x) -> bool:
@@ -60,13 +62,22 @@ def constrain(raw_model):
     return _map_params(raw_model, fns)
 
 
-def learned_feature_map(key, m: int, D: int, *, normalize: bool = False, dtype=None) -> LearnedExpFeatures:
-    """Trainable exp features ``exp(W x + b - |x|^2/2) / sqrt(m)`` initialised with
+def learned_feature_map(key, m: int, D: int, kind: str = "learned", *, hidden: int = 64,
+                        dtype=None) -> AbstractFeatureMap:
+    """A trainable hidden-neuron population of ``m`` neurons for ``D``-dim inputs.
+
+    ``kind``: ``"learned"`` -- exp features ``exp(W x + b - |x|^2/2) / sqrt(m)`` with
     block-orthogonal Gaussian ``W`` and ``b = 0``: at initialisation it *is* the paper's
-    (orthogonal) random construction. ``normalize=True``: divisive normalisation across
-    the hidden population (Hedgehog-style; ``a`` then loses the absolute scale of Z)."""
+    (orthogonal) random construction; ``"learned_normalized"`` -- the same, divisively
+    normalised across the population (Hedgehog-style; ``a`` then loses the absolute
+    scale of Z); ``"dendritic"`` -- :class:`~astrojax.features.DendriticExpFeatures`
+    with ``hidden`` dendritic units (near the random construction at initialisation).
+    """
+    check_choice("feature_map", kind, STUDENT_FEATURES)
+    if kind == "dendritic":
+        return DendriticExpFeatures.init(key, m, D, hidden, dtype=dtype)
     W = PerformerFeatures.orthogonal(key, m, D, dtype).W
-    return LearnedExpFeatures(W, normalize=normalize)
+    return LearnedExpFeatures(W, normalize=kind == "learned_normalized")
 
 
 class HeadStudents(eqx.Module):
@@ -84,10 +95,11 @@ class HeadStudents(eqx.Module):
     method: FastPath | DiffraxPath = eqx.field(static=True)
 
     def __init__(self, num_heads: int, num_features: int, head_dim: int, *, key, params=None,
-                 normalize: bool = False, protocol="bidirectional", method=None, dtype=None):
+                 feature_map: str = "learned", hidden: int = 64, protocol="bidirectional", method=None,
+                 dtype=None):
         keys = jax.random.split(key, num_heads)
         self.features = eqx.filter_vmap(
-            lambda k: learned_feature_map(k, num_features, head_dim, normalize=normalize, dtype=dtype)
+            lambda k: learned_feature_map(k, num_features, head_dim, feature_map, hidden=hidden, dtype=dtype)
         )(keys)
         params = NeuronAstrocyteParams(dtype=dtype) if params is None else params
         self.params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_heads,)) + 0.0, params)

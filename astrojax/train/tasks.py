@@ -40,13 +40,15 @@ class TaskConfig:
     """Plain settings of a task (filled from the Hydra config by the CLI)."""
 
     num_features: int = 256
-    feature_map: str = "learned"  # learned | learned_normalized
+    feature_map: str = "learned"  # learned | learned_normalized | dendritic
+    dendrite_hidden: int = 64  # dendritic feature map: dendritic units per head
     params: NeuronAstrocyteParams | None = None
     method: object = None
     layers: tuple | None = None  # heads scope: teacher layers to distil (None: all)
     chunk_tokens: int = 64
     num_chunks: int = 256
     data_seed: int = 0
+    corrupt: float = 0.0  # text: fraction of tokens replaced at random in every second window
     train_params: tuple = ("tau_h", "tau_a", "tau_y", "eta_H", "eta_p")
     train_projections: bool = False
     loss_weights: dict = dataclasses.field(default_factory=lambda: {"y": 1.0, "log_a": 0.1, "kl": 1.0})
@@ -109,7 +111,7 @@ class HeadsTask:
         model = teacher.model
         self.layers = tuple(range(model.num_layers)) if cfg.layers is None else tuple(cfg.layers)
         self.H, self.D = model.num_heads, model.head_dim
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt)
         out = _run_batched(_head_targets, model, jnp.asarray(chunks))
         # training targets: passed to the jitted step as arguments (never closed over:
         # large captured constants make XLA compile-time constant folding crawl)
@@ -131,7 +133,7 @@ class HeadsTask:
         n_layers = model.num_layers if cfg.layers is None else len(cfg.layers)
         return HeadStudents(
             n_layers * model.num_heads, cfg.num_features, model.head_dim, key=key, params=cfg.params,
-            normalize=cfg.feature_map == "learned_normalized", method=cfg.method, dtype=dtype,
+            feature_map=cfg.feature_map, hidden=cfg.dendrite_hidden, method=cfg.method, dtype=dtype,
         )
 
     def trainable(self, student):
@@ -184,8 +186,8 @@ def _learned_student(model, cfg: TaskConfig, key, dtype):
     for i, kl in enumerate(jax.random.split(kf, L)):
         attn = model.blocks[i].attn
         feats.append(eqx.filter_vmap(
-            lambda k: learned_feature_map(k, cfg.num_features, attn.head_dim,
-                                          normalize=cfg.feature_map == "learned_normalized", dtype=dtype)
+            lambda k: learned_feature_map(k, cfg.num_features, attn.head_dim, cfg.feature_map,
+                                          hidden=cfg.dendrite_hidden, dtype=dtype)
         )(jax.random.split(kl, attn.num_heads)))
     student = to_neuron_astrocyte(model, cfg.num_features, key=kt, params=cfg.params, method=cfg.method)
     return eqx.tree_at(lambda m: [b.attn.features for b in m.blocks], student, feats)
@@ -199,7 +201,7 @@ class TextModelTask:
     def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         model = teacher.model
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed)
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt)
         ids = jnp.asarray(chunks)
         h_ref, e_ref = _run_batched(lambda m, ids: (m.encode(ids), m.sentence_embedding(ids)), model, ids)
         self.data = (ids, h_ref.astype(dtype), e_ref.astype(dtype))
