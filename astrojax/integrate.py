@@ -325,6 +325,10 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool, 
 
 def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
     dtype = fk.dtype
+    # one dtype for state, parameters and values: Diffrax's stage buffers take the state's
+    # dtype and refuse wider vector-field outputs (e.g. float64 parameters, float32 drives)
+    P = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, P)
+    v = v.astype(dtype)
     F = jnp.concatenate([fk, fq], axis=0)[sched.source]
     J, m = F.shape
     Dv = v.shape[1]

@@ -78,6 +78,17 @@ def test_timescale_limit_float32(kind, path):
     assert rel_err(a, a_ref) <= 1e-3
 
 
+def test_diffrax_path_takes_the_drive_dtype_with_wider_parameters():
+    """float64 parameters (the default under x64) with float32 inputs: the Diffrax path runs
+    in float32 (its stage buffers reject wider vector-field outputs) and matches the fast path."""
+    q, k, v, W = _head(T=8, D=8, Dv=4, m=32, dtype=jnp.float32)
+    P = aj.NeuronAstrocyteParams(**LIMIT, dtype=jnp.float64)
+    yd, ad = aj.simulate_attention(q, k, v, W, protocol="causal", params=P, method=DFX32)
+    yf, af = aj.simulate_attention(q, k, v, W, protocol="causal", params=P, method=FAST)
+    assert yd.dtype == jnp.float32 and ad.dtype == jnp.float32
+    assert rel_err(yd, yf) < 1e-3 and rel_err(ad, af) < 1e-3
+
+
 @pytest.mark.parametrize("kind", PROTOCOLS)
 def test_float32_matches_float64(kind):
     q, k, v, W = _head(T=8, D=8, Dv=4, m=32)

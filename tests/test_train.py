@@ -217,6 +217,24 @@ def test_bad_train_config_fails_at_start(tmp_path, over, key):
     assert not (out / "checkpoints").exists()
 
 
+def test_diffrax_keys_reach_the_task():
+    """``method=diffrax`` and its keys build the Diffrax path the task integrates with, in the
+    job's dtype (the loss equality of the two paths is test_fast_and_diffrax_paths_give_the_same_loss)."""
+    import jax.numpy as jnp
+
+    from astrojax.train.app import _method, _task_config
+
+    c = tiny_config(method="diffrax", solver="kvaerno5", adaptive=True, rtol=1e-5, atol=1e-7,
+                    adjoint="backsolve", max_steps=123)
+    method, desc = _method(c)
+    assert isinstance(method, aj.DiffraxPath) and isinstance(method.solver, diffrax.Kvaerno5)
+    assert isinstance(method.adjoint, diffrax.BacksolveAdjoint)
+    assert (method.adaptive, method.rtol, method.atol, method.max_steps) == (True, 1e-5, 1e-7, 123)
+    assert "kvaerno5" in desc and "backsolve" in desc
+    tc = _task_config(c, method)
+    assert tc.method is method and tc.params.tau_h.dtype == jnp.float32  # not float64 under x64
+
+
 @needs_minilm
 def test_token_corruption_augmentation():
     from astrojax.teachers import load_teacher

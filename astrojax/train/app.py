@@ -14,6 +14,11 @@ Run directory (``hydra.run.dir``, deterministic per experiment and overrides)::
 
 Re-running the same command on an existing run directory resumes from the last checkpoint
 (or reports that the run is complete).
+
+``parallel.data`` splits each batch over several devices and ``distributed`` joins a
+multi-process (multi-node) run (:mod:`astrojax.train.parallel`); ``pack`` trains several
+members of a sweep as one program, with one ``member_NNN/`` directory each
+(:mod:`astrojax.train.packed`).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ __all__ = ["run_train", "train_job", "run_evaluate", "evaluate_job", "build_stud
 _KEYS = (
     "name scope teacher layers m feature_map dendrite_hidden init_from method n_sub solver adaptive rtol atol dt0 "
     "max_steps adjoint params train_params train_projections data loss steps batch_size optimizer seed "
-    "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64"
+    "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64 parallel distributed pack"
 ).split()
 _DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt")
 _LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
 _OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
-_IGNORED_ON_RESUME = ("progress",)
+_IGNORED_ON_RESUME = ("progress", "parallel", "distributed")  # where it runs may change between resumes
+_PARALLEL_KEYS = ("data",)
+_DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
 
 
 def validate_train_config(c: dict) -> None:
@@ -98,6 +105,32 @@ def validate_train_config(c: dict) -> None:
             _pos_int(key, c[key], 0)
     _bool("progress", c["progress"])
     _bool("x64", c["x64"])
+    _check_parallel_config(c)
+    from .packed import check_pack_config
+
+    check_pack_config(c, validate_train_config)
+
+
+def _check_parallel_config(c):
+    """``parallel`` and ``distributed`` sections (devices are checked at start-up)."""
+    _section(c, "parallel", _PARALLEL_KEYS)
+    d = c["parallel"]["data"]
+    if d != "auto":
+        _pos_int("parallel.data", d)
+    _section(c, "distributed", _DISTRIBUTED_KEYS)
+    dist = c["distributed"]
+    if dist["enabled"] not in ("auto", True, False):
+        raise ConfigError(f"config key `distributed.enabled`: expected auto, true or false, got {dist['enabled']!r}")
+    a = dist["coordinator_address"]
+    if a is not None and (not isinstance(a, str) or ":" not in a):
+        raise ConfigError(f"config key `distributed.coordinator_address`: expected null or 'HOST:PORT', got {a!r}")
+    if dist["num_processes"] is not None:
+        _pos_int("distributed.num_processes", dist["num_processes"])
+    if dist["process_id"] is not None:
+        _pos_int("distributed.process_id", dist["process_id"], 0)
+        if dist["num_processes"] is not None and dist["process_id"] >= dist["num_processes"]:
+            raise ConfigError(f"config key `distributed.process_id`: expected 0 .. num_processes - 1 = "
+                              f"{dist['num_processes'] - 1}, got {dist['process_id']}")
 
 
 def _section(c, name, keys):
@@ -126,7 +159,8 @@ def _task_config(c, method):
     from .tasks import TaskConfig
 
     return TaskConfig(
-        num_features=c["m"], feature_map=c["feature_map"], params=NeuronAstrocyteParams(**c["params"]),
+        num_features=c["m"], feature_map=c["feature_map"],
+        params=NeuronAstrocyteParams(**c["params"], dtype=_dtype(c)),
         method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
         chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
         # .get: run directories written before these keys existed still load
@@ -217,6 +251,14 @@ def run_train(cfg, out_dir: str) -> dict:
 
     if c["x64"]:
         jax.config.update("jax_enable_x64", True)
+    n_data = _start_devices(c)
+    from .packed import pack_members
+
+    members = pack_members(c)
+    if members:
+        from .packed import run_packed
+
+        return run_packed(c, out, members)
     teacher = _load_teacher(c)
     method, method_desc = _method(c)
 
@@ -256,7 +298,7 @@ def run_train(cfg, out_dir: str) -> dict:
     with Checkpointer(out / "checkpoints", max_to_keep=c["keep_checkpoints"],
                       save_interval_steps=c["checkpoint_every"]) as ckpt:
         student, history = train(task, loop, optim, checkpointer=ckpt, metrics_log=metrics_log,
-                                 init_student=init_student)
+                                 init_student=init_student, data_parallel=n_data)
     if metrics_log is not None:
         metrics_log.close()
     after = task.evaluate(student)
@@ -281,6 +323,37 @@ def run_train(cfg, out_dir: str) -> dict:
         save_json(out / "metrics.json", final)  # last: its presence marks the run finished
     _print_result(final)
     return final
+
+
+def _start_devices(c) -> int:
+    """Join a multi-process run if one is configured (``distributed``), then the number
+    of devices each batch is split over (``parallel.data``); ConfigError if it cannot be
+    done. A packed sweep runs on one device of one process."""
+    import jax
+
+    from .packed import pack_members
+    from .parallel import initialize_distributed, resolve_data_parallel
+
+    try:
+        initialize_distributed(c["distributed"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"config key `distributed`: jax.distributed.initialize failed: {e}") from None
+    if pack_members(c):
+        if jax.process_count() > 1:
+            raise ConfigError("config key `pack`: a packed sweep runs in one process; start it without "
+                              "`distributed` / srun tasks (or use separate runs)")
+        if c["parallel"]["data"] not in ("auto", 1):
+            raise ConfigError(f"config key `parallel.data`: a packed sweep runs its members on one device; "
+                              f"got parallel.data={c['parallel']['data']} (use auto or 1)")
+        return 1
+    try:
+        n = resolve_data_parallel(c["parallel"]["data"], c["batch_size"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None  # the message names batch_size / parallel.data
+    if n > 1 or jax.process_count() > 1:
+        print(f"astrojax train: data parallel over {n} devices ({jax.process_count()} process(es), "
+              f"{c['batch_size'] // n} examples per device and step)")
+    return n
 
 
 def _warm_start(c, teacher, task):
