@@ -143,3 +143,77 @@ def closed_form_rfa(phi_k, phi_q, v, causal):
     a = S.sum(axis=1)
     y = (S @ v) / a[:, None]
     return y, a
+
+
+def scipy_sample(phi_k, phi_q, v, ts, *, protocol, tau_h, tau_H, tau_p, tau_a, tau_y,
+                 eta_H=1.0, eta_p=1.0, lambda_H=0.0, lambda_p=0.0, write_delay=0.0,
+                 rtol=1e-10, atol=1e-12, method="LSODA"):
+    """The full state sampled at arbitrary times ``ts`` (window units, within [0, 2T]).
+
+    Written separately from :func:`scipy_simulate` (same equations, own right-hand
+    side): each constant-input segment is solved with ``solve_ivp`` and the samples that
+    fall inside it are taken from its ``t_eval`` (a sample exactly on a segment edge is
+    taken from the segment that ends there; the state is continuous). Returns a dict
+    with 'a' (N,), 'p' (N, m), 'h' (N, m), 'y' (N, Dv), 'H' (N, Dv, m).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    d = float(write_delay)
+    phi_k = np.asarray(phi_k, dtype=np.float64)
+    phi_q = np.asarray(phi_q, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.float64)
+    T, m = phi_k.shape
+    Dv = v.shape[1]
+    if np.any(np.diff(ts) < 0) or ts.min() < 0 or ts.max() > 2 * T:
+        raise ValueError("ts must be sorted and inside [0, 2T]")
+    nH = Dv * m
+    n = 2 * m + nH + 1 + Dv
+
+    def unpack(x):
+        h = x[:m]
+        H = x[m:m + nH].reshape(Dv, m)
+        p = x[m + nH:2 * m + nH]
+        a = x[2 * m + nH]
+        y = x[2 * m + nH + 1:]
+        return h, H, p, a, y
+
+    def rhs(_t, x, f, val, w, r, g):
+        h, H, p, a, y = unpack(x)
+        return np.concatenate([
+            (f - h) / tau_h,
+            ((w * eta_H * np.outer(val, h) - lambda_H * H) / tau_H).ravel(),
+            (w * eta_p * h - lambda_p * p) / tau_p,
+            [(r * g * np.dot(p, h) - a) / tau_a],
+            (r * g * (H @ h) - a * y) / tau_y,
+        ])
+
+    out = np.full((len(ts), n), np.nan)
+    done = np.zeros(len(ts), bool)
+    x = np.zeros(n)
+    t0 = 0.0
+    at_zero = ts == 0.0
+    out[at_zero] = x
+    done |= at_zero
+    for kind, _tok, f, val, g in _windows(phi_k, phi_q, v, protocol):
+        if kind == "write":
+            segs = ([(d, 0.0, 0.0)] if d > 0 else []) + [(1.0 - d, 1.0, 0.0)]
+        else:
+            segs = [(1.0, 0.0, 1.0)]
+        for length, w, r in segs:
+            t1 = t0 + length
+            sel = (~done) & (ts > t0) & (ts <= t1 + 1e-12)
+            t_eval = np.clip(ts[sel], t0, t1)
+            te = np.unique(np.concatenate([t_eval, [t1]]))
+            sol = solve_ivp(rhs, (t0, t1), x, method=method, args=(f, val, w, r, g), rtol=rtol, atol=atol,
+                            t_eval=te)
+            if not sol.success:
+                raise RuntimeError(f"solve_ivp failed: {sol.message}")
+            out[sel] = sol.y[:, np.searchsorted(te, t_eval)].T
+            done |= sel
+            x = sol.y[:, -1].copy()
+            t0 = t1
+    assert done.all()
+    h = out[:, :m]
+    return {"h": h, "H": out[:, m:m + nH].reshape(-1, Dv, m), "p": out[:, m + nH:2 * m + nH],
+            "a": out[:, 2 * m + nH], "y": out[:, 2 * m + nH + 1:]}
