@@ -71,6 +71,19 @@ def hydra_app(config_name: str, job: str | Callable) -> Callable[[str, list[str]
     return run
 
 
+def sweep_checked(config_name: str, runner: Callable[[str, list[str]], int], check: str | Callable):
+    """``runner`` preceded by the multirun pre-flight (:func:`astrojax.sweep.preflight`):
+    with ``-m`` every job's config is composed and ``check(c, job_dir)``-ed before Hydra
+    starts any; a bad one exits with status 2, naming the key."""
+
+    def run(prog: str, argv: list[str]) -> int:
+        from .sweep import preflight
+
+        return preflight(prog, CONF_DIR, config_name, argv, _resolve(check)) or runner(prog, argv)
+
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class Subcommand:
     """``help``: one line for ``astrojax --help``; ``run(prog, argv) -> exit code``."""
@@ -94,11 +107,23 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "train": Subcommand(
         "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
-        hydra_app("train", "astrojax.train.app:train_job"),
+        sweep_checked("train", hydra_app("train", "astrojax.train.app:train_job"), "astrojax.sweep:check_train_job"),
     ),
     "evaluate": Subcommand(
         "evaluate a trained run on held-out text: astrojax evaluate run=DIR [text=PATH]",
         hydra_app("evaluate", "astrojax.train.app:evaluate_job"),
+    ),
+    "record": Subcommand(
+        "write a synthetic recording (fit input format) from known parameters: astrojax record out=rec.npz",
+        hydra_app("record", "astrojax.fit.app:record_job"),
+    ),
+    "fit": Subcommand(
+        "fit biophysical parameters to recorded traces: astrojax fit recording=rec.npz",
+        hydra_app("fit", "astrojax.fit.app:fit_job"),
+    ),
+    "summarize": Subcommand(
+        "collect a sweep's jobs into SWEEP_DIR/summary.csv and summary.png: astrojax summarize SWEEP_DIR",
+        lambda prog, argv: _resolve("astrojax.sweep:summarize_command")(prog, argv),
     ),
 }
 
