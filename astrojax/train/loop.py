@@ -53,15 +53,28 @@ class LoopConfig:
     progress: bool = True
 
 
-def make_optimizer(o: OptimConfig, steps: int) -> optax.GradientTransformation:
+def _schedule(o: OptimConfig, steps: int, peak):
     if o.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, o.learning_rate, min(o.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=0.05 * o.learning_rate
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, min(o.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=0.05 * peak
         )
+    return optax.linear_schedule(0.0, peak, max(o.warmup_steps, 1)) if o.warmup_steps else peak
+
+
+def make_optimizer(o: OptimConfig, steps: int, *, learning_rate=None, weight_decay=None) -> optax.GradientTransformation:
+    """The optimiser of ``o`` for a run of ``steps`` steps. ``learning_rate`` /
+    ``weight_decay`` override ``o``'s values and may be traced arrays (a packed sweep
+    builds each member's optimiser inside ``vmap``): the schedule is then
+    ``learning_rate * schedule(peak=1)`` (optax's cosine schedule branches on the peak's
+    value, which a tracer cannot do)."""
+    if learning_rate is None:
+        lr = _schedule(o, steps, o.learning_rate)
     else:
-        lr = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else o.learning_rate
+        unit = _schedule(o, steps, 1.0)
+        lr = (lambda count: learning_rate * unit(count)) if callable(unit) else learning_rate * unit
+    wd = o.weight_decay if weight_decay is None else weight_decay
     base = {
-        "adamw": lambda: optax.adamw(lr, weight_decay=o.weight_decay),
+        "adamw": lambda: optax.adamw(lr, weight_decay=wd),
         "adam": lambda: optax.adam(lr),
         "sgd": lambda: optax.sgd(lr, momentum=0.9),
     }[o.name]()
@@ -69,7 +82,7 @@ def make_optimizer(o: OptimConfig, steps: int) -> optax.GradientTransformation:
 
 
 def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metrics_log=None,
-          on_log: Callable[[dict], None] | None = None, init_student=None):
+          on_log: Callable[[dict], None] | None = None, init_student=None, data_parallel: int = 1):
     """Train ``task``'s student; returns ``(student, history)`` (the trained, constrained
     student and the list of logged records of this call).
 
@@ -78,6 +91,12 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
     (a :class:`~astrojax.train.rundir.MetricsLog`) receives one record per logged step
     (records after the restored step are dropped first). ``init_student`` overrides the
     task's initial student (warm start).
+
+    ``data_parallel``: the number of devices each batch is split over (see
+    :mod:`astrojax.train.parallel`; ``batch_size`` must be divisible by it). With 1 in a
+    single-process run the step is the plain single-device program; a multi-process run
+    (after :func:`jax.distributed.initialize`) always splits over every device. The
+    returned student lives on this process's first device either way.
     """
     key = jax.random.PRNGKey(loop.seed)
     k_init, k_data = jax.random.split(key)
@@ -88,6 +107,12 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
     opt = make_optimizer(optim, loop.steps)
     opt_state = opt.init(params)
     state = (params, opt_state, k_data)  # k_data: a legacy uint32 PRNGKey array
+    dp = None
+    if data_parallel > 1 or jax.process_count() > 1:
+        from .parallel import DataParallel
+
+        dp = DataParallel(jax.device_count() if jax.process_count() > 1 else data_parallel)
+        state = dp.replicate(state)  # the restore template carries the replicated sharding
     start = 0
     if checkpointer is not None:
         restored = checkpointer.restore(state)
@@ -112,6 +137,17 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
         gnorm = optax.tree.norm(grads)
         return params, opt_state, loss, terms, gnorm
 
+    data = task.data
+    as_step, as_float = jnp.asarray, float
+    if dp is not None:
+        step_fn = dp.make_step(loss_fn, opt, N, B)
+        data = dp.replicate(task.data)
+        from .parallel import host_value
+
+        step_dtype = jnp.asarray(0).dtype
+        as_step = lambda s: dp.replicate(np.asarray(s, step_dtype))  # noqa: E731
+        as_float = lambda x: float(host_value(x))  # noqa: E731
+
     history = []
     from tqdm.auto import tqdm
 
@@ -122,15 +158,15 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
     try:
         for step in range(start + 1, loop.steps + 1):
             t0 = time.perf_counter()
-            params, opt_state, loss, terms, gnorm = step_fn(params, opt_state, jnp.asarray(step), task.data, k_data)
+            params, opt_state, loss, terms, gnorm = step_fn(params, opt_state, as_step(step), data, k_data)
             if compile_s is None:
                 jax.block_until_ready(loss)
                 compile_s = time.perf_counter() - t0
             bar.update(1)
             if step % loop.log_every == 0 or step == loop.steps or step == start + 1:
                 rec = {
-                    "step": step, "loss": float(loss), **{f"loss_{n}": float(v) for n, v in terms.items()},
-                    "grad_norm": float(gnorm), "wall_s": time.perf_counter() - t_start,
+                    "step": step, "loss": as_float(loss), **{f"loss_{n}": as_float(v) for n, v in terms.items()},
+                    "grad_norm": as_float(gnorm), "wall_s": time.perf_counter() - t_start,
                 }
                 if step == start + 1:
                     rec["first_step_s"] = compile_s
@@ -146,6 +182,8 @@ def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metr
                 checkpointer.save(step, (params, opt_state, k_data), force=step == loop.steps)
     finally:
         bar.close()
+    if dp is not None:
+        params = dp.local(params)
     student = constrain(eqx.combine(params, static))
     return student, history
 
