@@ -5,8 +5,8 @@ attention with the same learned features), measured in one process.
     python experiments/bench/bench_train.py --repeats 20
     python experiments/bench/bench_train.py --heads 72 --batch 8 --T 64 --m 256 --diffrax
 
-Reports compile time and the median step time of each, and their ratios; writes JSON
-with ``--out``.
+Reports compile time and the median step time of each (steps timed interleaved, one of
+each per round), and their ratios; writes JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -51,17 +51,22 @@ def make_step(student, method_name, q, k, v, y_ref, Z, opt):
     return step, params, opt.init(params)
 
 
-def bench(step, params, opt_state, repeats):
-    t0 = time.perf_counter()
-    out = step(params, opt_state)
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(step(params, opt_state))
-        times.append(time.perf_counter() - t)
-    return compile_s, statistics.median(times), float(out[2])
+def bench(steps: dict, repeats: dict):
+    """Compile each step once (timed), then time the steps *interleaved* (one call of each
+    per round), so load changes on a shared machine hit every method alike. Returns
+    ``{name: (compile_s, median_step_s, loss)}``."""
+    out = {}
+    for name, (step, params, opt_state) in steps.items():
+        t0 = time.perf_counter()
+        res = jax.block_until_ready(step(params, opt_state))
+        out[name] = [time.perf_counter() - t0, [], float(res[2])]
+    for r in range(max(repeats.values())):
+        for name, (step, params, opt_state) in steps.items():
+            if r < repeats[name]:
+                t = time.perf_counter()
+                jax.block_until_ready(step(params, opt_state))
+                out[name][1].append(time.perf_counter() - t)
+    return {n: (c, statistics.median(ts), loss) for n, (c, ts, loss) in out.items()}
 
 
 def main(argv=None):
@@ -84,13 +89,15 @@ def main(argv=None):
     methods = {"closed_form": None, "fast": aj.FastPath()}
     if a.diffrax:
         methods["diffrax_heun"] = aj.DiffraxPath(solver=diffrax.Heun(), adaptive=False, dt0=0.01)
-    res = {}
+    steps, repeats = {}, {}
     for name, method in methods.items():
         student = HeadStudents(a.heads, a.m, a.D, key=ks, method=method or aj.FastPath())
-        step, params, o = make_step(student, name, q, k, v, y_ref, Z, opt)
-        c, r, loss = bench(step, params, o, a.repeats if name != "diffrax_heun" else max(2, a.repeats // 5))
-        res[name] = {"compile_s": c, "step_s": r, "loss": loss}
-        print(f"{name:>14}: compile {c:7.2f} s   step {1e3 * r:9.1f} ms   loss {loss:.5f}")
+        steps[name] = make_step(student, name, q, k, v, y_ref, Z, opt)
+        repeats[name] = a.repeats if name != "diffrax_heun" else max(2, a.repeats // 5)
+    res = {}
+    for name, (c, r, loss) in bench(steps, repeats).items():
+        res[name] = {"compile_s": c, "step_s": r, "loss": loss, "repeats": repeats[name]}
+        print(f"{name:>14}: compile {c:7.2f} s   step {1e3 * r:9.1f} ms (median of {repeats[name]})   loss {loss:.5f}")
     base = res["closed_form"]["step_s"]
     for name in res:
         res[name]["ratio_to_closed_form"] = res[name]["step_s"] / base
