@@ -77,7 +77,10 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=32)
     ap.add_argument("--m", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--diffrax", action="store_true", help="also time the Diffrax path (Heun, dt=0.01)")
+    ap.add_argument("--diffrax", action="store_true", help="also time the Diffrax path (Heun, fixed --dt0)")
+    ap.add_argument("--dt0", type=float, default=0.002,
+                    help="Diffrax Heun step (window units); the shunted read-out is stiff (rate a/tau_y), "
+                         "so too large a step diverges (dt0=0.01 gave a NaN loss at the default sizes)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -88,7 +91,7 @@ def main(argv=None):
     opt = make_optimizer(OptimConfig(), 1000)
     methods = {"closed_form": None, "fast": aj.FastPath()}
     if a.diffrax:
-        methods["diffrax_heun"] = aj.DiffraxPath(solver=diffrax.Heun(), adaptive=False, dt0=0.01)
+        methods["diffrax_heun"] = aj.DiffraxPath(solver=diffrax.Heun(), adaptive=False, dt0=a.dt0)
     steps, repeats = {}, {}
     for name, method in methods.items():
         student = HeadStudents(a.heads, a.m, a.D, key=ks, method=method or aj.FastPath())
