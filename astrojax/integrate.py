@@ -325,10 +325,6 @@ def _fast(P, fk, fq, v, sched: Schedule, causal: bool, n_sub: int, trace: bool, 
 
 def _diffrax(P, fk, fq, v, sched: Schedule, method: DiffraxPath, trace: bool):
     dtype = fk.dtype
-    # one dtype for state, parameters and values: Diffrax's stage buffers take the state's
-    # dtype and refuse wider vector-field outputs (e.g. float64 parameters, float32 drives)
-    P = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, P)
-    v = v.astype(dtype)
     F = jnp.concatenate([fk, fq], axis=0)[sched.source]
     J, m = F.shape
     Dv = v.shape[1]
@@ -441,6 +437,12 @@ def integrate(
     """
     T = phi_k.shape[0]
     sched = protocol.schedule(T)
+    # one dtype for state, parameters and values, the drives': Diffrax's stage buffers refuse
+    # wider vector-field outputs and JAX will refuse float64-into-float32 scatters (e.g.
+    # float64 parameters under x64 with float32 drives)
+    dtype = phi_k.dtype
+    params = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, params)
+    phi_q, v = phi_q.astype(dtype), v.astype(dtype)
     if isinstance(method, FastPath):
         return _fast(params, phi_k, phi_q, v, sched, protocol.causal, method.n_sub, trace, method.parallel_scan)
     if isinstance(method, DiffraxPath):
