@@ -53,3 +53,22 @@ def save_json(path, obj) -> str:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
     return os.fspath(path)
+
+
+def read_npz(path, error: type[Exception], what: str) -> dict:
+    """All arrays of an ``.npz`` archive, read without pickle; every failure raises
+    ``error(f"{what}: ...")`` (a missing file, not an archive, a single array, object arrays)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error(f"{what}: file not found: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - report any reader failure the same way
+        raise error(f"{what}: cannot read {path} as an .npz archive ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise error(f"{what}: {path} holds a single array; expected an .npz archive of named arrays")
+    with z:
+        try:
+            return {name: z[name] for name in z.files}
+        except ValueError as e:  # object arrays need pickles
+            raise error(f"{what}: {path} holds an object array ({e}); store plain numbers/strings") from e

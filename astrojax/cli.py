@@ -210,34 +210,28 @@ def load_inputs(path: str) -> dict[str, Any]:
     """Read and check ``q, k, v`` (and optional ``W``) from an .npz file (numpy arrays)."""
     import numpy as np
 
+    from ._io import read_npz
+
     key = "config key `inputs`"
-    if not os.path.isfile(path):
-        raise ConfigError(f"{key}: file not found: {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - report any reader failure the same way
-        raise ConfigError(f"{key}: cannot read {path} as an .npz archive ({e})") from e
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ConfigError(f"{key}: {path} holds a single array; expected an .npz with arrays q, k, v (and optional W)")
-    with z:
-        missing = [n for n in ("q", "k", "v") if n not in z.files]
-        if missing:
-            raise ConfigError(
-                f"{key}: {path} lacks array(s) {missing}; expected q (T,D), k (T,D), v (T,Dv) and "
-                f"optional W (m,D), found {sorted(z.files)}"
-            )
-        out = {}
-        for n in ("q", "k", "v", "W"):
-            if n not in z.files:
-                continue
-            x = z[n]
-            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-                raise ConfigError(f"{key}: array `{n}` in {path} must be real numbers, got dtype {x.dtype}")
-            if x.ndim != 2 or 0 in x.shape:
-                raise ConfigError(f"{key}: array `{n}` in {path} must be a non-empty matrix, got shape {x.shape}")
-            if not np.all(np.isfinite(x)):
-                raise ConfigError(f"{key}: array `{n}` in {path} contains NaN or inf")
-            out[n] = x.astype(np.float64)
+    z = read_npz(path, ConfigError, key)
+    missing = [n for n in ("q", "k", "v") if n not in z]
+    if missing:
+        raise ConfigError(
+            f"{key}: {path} lacks array(s) {missing}; expected q (T,D), k (T,D), v (T,Dv) and "
+            f"optional W (m,D), found {sorted(z)}"
+        )
+    out = {}
+    for n in ("q", "k", "v", "W"):
+        if n not in z:
+            continue
+        x = z[n]
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ConfigError(f"{key}: array `{n}` in {path} must be real numbers, got dtype {x.dtype}")
+        if x.ndim != 2 or 0 in x.shape:
+            raise ConfigError(f"{key}: array `{n}` in {path} must be a non-empty matrix, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ConfigError(f"{key}: array `{n}` in {path} contains NaN or inf")
+        out[n] = x.astype(np.float64)
     q, k, v = out["q"], out["k"], out["v"]
     if q.shape != k.shape:
         raise ConfigError(f"{key}: arrays `q` and `k` in {path} must have the same shape (T,D), got {q.shape} and {k.shape}")

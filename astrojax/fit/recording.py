@@ -355,20 +355,9 @@ def load_recording(path, stimulus=None, *, m: int | None = None) -> Recording:
 
 
 def _read_npz(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise RecordingError(f"recording file not found: {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - report any reader failure the same way
-        raise RecordingError(f"recording {path}: cannot read it as an .npz archive ({e})") from e
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise RecordingError(f"recording {path}: holds a single array; expected an .npz archive of named arrays")
-    with z:
-        try:
-            return {name: z[name] for name in z.files}
-        except ValueError as e:  # object arrays need pickles
-            raise RecordingError(f"recording {path}: holds an object array ({e}); store plain numbers/strings") from e
+    from .._io import read_npz
+
+    return read_npz(path, RecordingError, "recording")
 
 
 def _from_arrays(z: dict, src: str, observed_from) -> Recording:

@@ -221,6 +221,26 @@ def _compare_configs(old: dict, new: dict, prefix=""):
     return None
 
 
+def first_step_s(history) -> float | None:
+    """The first (compiling) step's time in a training history, if this call ran one."""
+    return next((r["first_step_s"] for r in history if "first_step_s" in r), None)
+
+
+def final_metrics(c, teacher_name, method_desc, before, after, records, student, t_data, t0, first_step):
+    """The run's ``metrics.json`` content (one place for single and packed runs)."""
+    from .loop import parameter_summary
+
+    return {
+        "name": c["name"], "scope": c["scope"], "teacher": teacher_name, "m": c["m"], "method": method_desc,
+        "steps": c["steps"], "before": before, "after": after,
+        "final_loss": records[-1]["loss"] if records else None,
+        "parameters": parameter_summary(student),
+        "seconds": {"data_and_before_eval": t_data, "total_this_call": time.perf_counter() - t0,
+                    "first_step_this_call": first_step},
+        "heldout": "astrojax/data/heldout.txt (paragraph), heldout_sentences.txt (embeddings), digits test split",
+    }
+
+
 def run_train(cfg, out_dir: str) -> dict:
     """The train job without Hydra; returns the final metrics dict."""
     from omegaconf import DictConfig, OmegaConf
@@ -264,7 +284,7 @@ def run_train(cfg, out_dir: str) -> dict:
 
     from ..teachers import save_model
     from .checkpoint import Checkpointer
-    from .loop import LoopConfig, OptimConfig, parameter_summary, train
+    from .loop import LoopConfig, OptimConfig, train
     from .tasks import make_task
 
     main = is_main_process()
@@ -303,15 +323,8 @@ def run_train(cfg, out_dir: str) -> dict:
         metrics_log.close()
     after = task.evaluate(student)
     records = MetricsLog.read(out / "metrics.jsonl") if main else history
-    final = {
-        "name": c["name"], "scope": c["scope"], "teacher": teacher.name, "m": c["m"], "method": method_desc,
-        "steps": c["steps"], "before": before, "after": after,
-        "final_loss": records[-1]["loss"] if records else None,
-        "parameters": parameter_summary(student),
-        "seconds": {"data_and_before_eval": t_data, "total_this_call": time.perf_counter() - t0,
-                    "first_step_this_call": next((r["first_step_s"] for r in history if "first_step_s" in r), None)},
-        "heldout": "astrojax/data/heldout.txt (paragraph), heldout_sentences.txt (embeddings), digits test split",
-    }
+    final = final_metrics(c, teacher.name, method_desc, before, after, records, student, t_data, t0,
+                          first_step_s(history))
     if main:
         from .._io import save_json
         from .plots import plot_before_after, plot_learning_curve

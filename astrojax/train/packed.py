@@ -420,7 +420,6 @@ def run_packed(c: dict, out: Path, members: list[dict]) -> dict:
     from ..teachers import save_model
     from . import app
     from .checkpoint import Checkpointer
-    from .loop import parameter_summary
     from .plots import plot_learning_curve
     from .rundir import MetricsLog, is_main_process, save_resolved_config, write_env_json
     from .tasks import make_task
@@ -482,22 +481,14 @@ def run_packed(c: dict, out: Path, members: list[dict]) -> dict:
     for log in logs:
         if log is not None:
             log.close()
-    first_step = next((r["first_step_s"] for r in histories[0] if "first_step_s" in r), None)
+    first_step = app.first_step_s(histories[0])
     summary = {"mode": c["pack"].get("mode", "product"), "members": []}
     for i, (d, mc, ov, s0, s1, before, hist) in enumerate(zip(dirs, mcs, overrides, students0, students, befores,
                                                                 histories)):
         after = task.evaluate(s1)
         records = MetricsLog.read(d / "metrics.jsonl") if main else hist
-        final = {
-            "name": c["name"], "scope": c["scope"], "teacher": teacher.name, "m": c["m"], "method": method_desc,
-            "steps": c["steps"], "before": before, "after": after,
-            "final_loss": records[-1]["loss"] if records else None,
-            "parameters": parameter_summary(s1),
-            "seconds": {"data_and_before_eval": t_data, "total_this_call": time.perf_counter() - t0,
-                        "first_step_this_call": first_step},
-            "heldout": "astrojax/data/heldout.txt (paragraph), heldout_sentences.txt (embeddings), digits test split",
-            "pack": {"member": i, "members": K, "overrides": ov, "values": members[i], "parent": ".."},
-        }
+        final = app.final_metrics(c, teacher.name, method_desc, before, after, records, s1, t_data, t0, first_step)
+        final["pack"] = {"member": i, "members": K, "overrides": ov, "values": members[i], "parent": ".."}
         if main:
             save_model(d / "model.eqx", s1, {"kind": "astrojax-student", "config": mc})
             plot_learning_curve(records, d / "learning_curve.png", title=f"{c['name']} member {i}: {', '.join(ov)}")
