@@ -202,8 +202,12 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
         ({"init_from": "/no/such/run"}, "init_from"),
         ({"bogus": 1}, "bogus"),
         ({"dendrite_hidden": 0}, "dendrite_hidden"),
-        ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 1.0}},
+        ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 1.0,
+                  "corpus": "pydoc"}},
          "data.corrupt"),
+        ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 0.0,
+                  "corpus": "pydoc+wikipedia"}},
+         "data.corpus"),
     ],
 )
 def test_bad_train_config_fails_at_start(tmp_path, over, key):
@@ -251,6 +255,40 @@ def test_token_corruption_augmentation():
     assert aug.max() < tok.vocab_size
     with pytest.raises(ValueError, match="corrupt"):
         training_chunks(tok, 64, 4, corrupt=1.0)
+
+
+def test_training_corpora_and_their_errors(monkeypatch):
+    import importlib.util
+
+    from astrojax.train import data as D
+
+    pydoc = D.training_texts("pydoc")
+    assert len(pydoc) > 50 and sum(map(len, pydoc)) > 400_000
+    with pytest.raises(D.CorpusError, match=r"unknown corpus \['wiki'\].*pydoc\+news"):
+        D.training_texts("pydoc+wiki")
+    if importlib.util.find_spec("gensim") is not None:
+        news = D.training_texts("news")
+        assert len(news) == 300 and news[0].startswith("Hundreds of people have been forced")
+        both = D.training_texts("pydoc+news")
+        assert both == pydoc + news  # concatenated in the order named
+        (reviews,) = D.training_texts("reviews")
+        assert "__label__" not in reviews and len(reviews) > 20_000
+    # without gensim: a clear error saying what to install
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gensim" else real(n, *a))
+    with pytest.raises(D.CorpusError, match=r"astrojax\[prose\]"):
+        D.training_texts("news")
+    assert D.training_texts("pydoc") == pydoc  # the default needs nothing extra
+
+
+def test_resume_accepts_run_directories_written_before_data_corpus_existed():
+    from astrojax.train.app import _compare_configs
+
+    old = {"m": 8, "data": {"seed": 0}}
+    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc"}}) is None
+    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc+news"}}) == (
+        "data.corpus", "pydoc", "pydoc+news")
+    assert _compare_configs({"m": 8}, {"m": 8, "steps": 3})[0] == "steps"  # other new keys still differ
 
 
 @needs_minilm

@@ -38,10 +38,12 @@ _KEYS = (
     "max_steps adjoint params train_params train_projections data loss steps batch_size optimizer seed "
     "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64 parallel distributed pack"
 ).split()
-_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt")
+_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt", "corpus")
 _LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
 _OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
 _IGNORED_ON_RESUME = ("progress", "parallel", "distributed")  # where it runs may change between resumes
+# keys added after runs were written: absent in an old config.yaml means this value
+_ADDED_KEY_DEFAULTS = {"data.corpus": "pydoc"}
 _PARALLEL_KEYS = ("data",)
 _DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
 
@@ -84,6 +86,7 @@ def validate_train_config(c: dict) -> None:
     _real("data.corrupt", c["data"]["corrupt"], nonneg=True)
     if c["data"]["corrupt"] >= 1:
         raise ConfigError(f"config key `data.corrupt`: expected a fraction in [0, 1), got {c['data']['corrupt']!r}")
+    _check_corpus(c["data"].get("corpus", "pydoc"))
     _section(c, "loss", _LOSS_KEYS)
     for n in _LOSS_KEYS:
         _real(f"loss.{n}", c["loss"][n], nonneg=True)
@@ -154,6 +157,18 @@ def _method(c):
     return method, desc
 
 
+def _check_corpus(corpus) -> None:
+    from .data import CORPORA, CorpusError, training_texts
+
+    if not isinstance(corpus, str) or not corpus:
+        raise ConfigError(f"config key `data.corpus`: expected names from {sorted(CORPORA)} joined by '+', "
+                          f"got {corpus!r}")
+    try:
+        training_texts(corpus)  # unknown names and missing optional files fail here, at start
+    except CorpusError as e:
+        raise ConfigError(f"config key `data.corpus`: {e}") from None
+
+
 def _task_config(c, method):
     from ..dynamics import NeuronAstrocyteParams
     from .tasks import TaskConfig
@@ -164,7 +179,8 @@ def _task_config(c, method):
         method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
         chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
         # .get: run directories written before these keys existed still load
-        corrupt=c["data"].get("corrupt", 0.0), dendrite_hidden=c.get("dendrite_hidden", 64),
+        corrupt=c["data"].get("corrupt", 0.0), corpus=c["data"].get("corpus", "pydoc"),
+        dendrite_hidden=c.get("dendrite_hidden", 64),
         train_params=tuple(c["train_params"]), train_projections=c["train_projections"],
         loss_weights=dict(c["loss"]), eval_pad=c["data"]["eval_pad"],
     )
@@ -211,7 +227,7 @@ def _compare_configs(old: dict, new: dict, prefix=""):
     for k in sorted(set(old) | set(new)):
         if not prefix and k in _IGNORED_ON_RESUME:
             continue
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        a, b = old.get(k, _ADDED_KEY_DEFAULTS.get(prefix + k, "<absent>")), new.get(k, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             d = _compare_configs(a, b, f"{prefix}{k}.")
             if d:

@@ -1,8 +1,16 @@
 """Offline training and held-out data (nothing is downloaded).
 
-- Text for distillation: the Python documentation topics shipped with CPython
-  (``pydoc_data.topics``, ~465k characters of English technical prose), cut into
-  fixed-length token windows (static shapes: one compile).
+- Text for distillation (``corpus``, names joined by ``+``):
+
+  - ``pydoc`` (default, always available): the Python documentation topics shipped with
+    CPython (``pydoc_data.topics``, ~465k characters of English technical prose);
+  - ``news``: the Lee background corpus (300 Australian news articles, ~360k characters
+    of ordinary prose) and ``reviews``: the Pang & Lee sentence-polarity sample (movie
+    review sentences, ~26k characters), both shipped inside the ``gensim`` wheel on PyPI
+    as test data (``pip install 'astrojax[prose]'``; gensim is not imported, only its
+    data files are read).
+
+  Texts are cut into fixed-length token windows (static shapes: one compile).
 - Held-out text, never used for training: ``astrojax/data/heldout.txt`` (a 102-token
   paragraph) and ``astrojax/data/heldout_sentences.txt`` (30 short everyday sentences),
   written for this project, on topics absent from the training corpus.
@@ -11,26 +19,72 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from ..teachers import TextTokenizer
 from ..teachers._load import DATA_DIR
 
-__all__ = ["training_texts", "training_chunks", "heldout_text", "heldout_sentences", "pad_batch"]
+__all__ = ["CORPORA", "training_texts", "training_chunks", "heldout_text", "heldout_sentences", "pad_batch"]
 
 
-def training_texts() -> list[str]:
-    """The CPython documentation topics (``pydoc_data.topics``), one string per topic,
-    in a fixed order."""
+def _pydoc_texts() -> list[str]:
     from pydoc_data.topics import topics
 
     return [topics[k] for k in sorted(topics)]
 
 
+def _gensim_data(name: str) -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(
+            "corpus 'news'/'reviews' reads text files shipped in the gensim wheel, which is not "
+            "installed: pip install 'astrojax[prose]' (or pip install gensim)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / name
+    if not path.is_file():
+        raise CorpusError(f"{path}: not found in the installed gensim (expected its test data)")
+    return path
+
+
+def _news_texts() -> list[str]:
+    lines = _gensim_data("lee_background.cor").read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def _review_texts() -> list[str]:
+    out = []
+    for ln in _gensim_data("pang_lee_polarity.cor").read_text(encoding="cp1252", errors="replace").splitlines():
+        ln = ln.split(" ", 1)[1] if ln.startswith("__label__") else ln
+        if ln.strip():
+            out.append(ln.strip())
+    # one text of many sentences, so windows are full rather than one short sentence each
+    return [" ".join(out)]
+
+
+CORPORA = {"pydoc": _pydoc_texts, "news": _news_texts, "reviews": _review_texts}
+
+
+class CorpusError(ValueError):
+    """An unknown corpus name, or a corpus whose files are not installed."""
+
+
+def training_texts(corpus: str = "pydoc") -> list[str]:
+    """The training texts of ``corpus`` (names from :data:`CORPORA` joined by ``+``), one
+    string per document, in a fixed order."""
+    names = [c.strip() for c in str(corpus).split("+")]
+    bad = [c for c in names if c not in CORPORA]
+    if bad or not names:
+        raise CorpusError(f"unknown corpus {bad or corpus!r}: expected names from "
+                          f"{sorted(CORPORA)} joined by '+', e.g. 'pydoc+news'")
+    return [t for c in names for t in CORPORA[c]()]
+
+
 def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed: int = 0,
-                    corrupt: float = 0.0) -> np.ndarray:
-    """``(num_chunks, length)`` token windows from :func:`training_texts`, a random subset
-    chosen by ``seed`` (all windows if ``num_chunks`` exceeds their number).
+                    corrupt: float = 0.0, corpus: str = "pydoc") -> np.ndarray:
+    """``(num_chunks, length)`` token windows from :func:`training_texts` of ``corpus``, a
+    random subset chosen by ``seed`` (all windows if ``num_chunks`` exceeds their number).
 
     ``corrupt > 0``: augmentation towards text unlike the (technical) training corpus --
     in every second window a fraction ``corrupt`` of the body tokens is replaced by
@@ -40,7 +94,7 @@ def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed
     """
     if not 0.0 <= corrupt < 1.0:
         raise ValueError(f"`corrupt` must be a fraction in [0, 1), got {corrupt!r}")
-    chunks = tokenizer.chunks(training_texts(), length)
+    chunks = tokenizer.chunks(training_texts(corpus), length)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(chunks))[:num_chunks]
     out = chunks[np.sort(idx)].copy()

@@ -49,6 +49,7 @@ class TaskConfig:
     num_chunks: int = 256
     data_seed: int = 0
     corrupt: float = 0.0  # text: fraction of tokens replaced at random in every second window
+    corpus: str = "pydoc"  # text: training corpus names joined by '+' (astrojax.train.data.CORPORA)
     train_params: tuple = ("tau_h", "tau_a", "tau_y", "eta_H", "eta_p")
     train_projections: bool = False
     loss_weights: dict = dataclasses.field(default_factory=lambda: {"y": 1.0, "log_a": 0.1, "kl": 1.0})
@@ -111,7 +112,8 @@ class HeadsTask:
         model = teacher.model
         self.layers = tuple(range(model.num_layers)) if cfg.layers is None else tuple(cfg.layers)
         self.H, self.D = model.num_heads, model.head_dim
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt)
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt,
+                                 cfg.corpus)
         out = _run_batched(_head_targets, model, jnp.asarray(chunks))
         # training targets: passed to the jitted step as arguments (never closed over:
         # large captured constants make XLA compile-time constant folding crawl)
@@ -201,7 +203,8 @@ class TextModelTask:
     def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         model = teacher.model
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt)
+        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt,
+                                 cfg.corpus)
         ids = jnp.asarray(chunks)
         h_ref, e_ref = _run_batched(lambda m, ids: (m.encode(ids), m.sentence_embedding(ids)), model, ids)
         self.data = (ids, h_ref.astype(dtype), e_ref.astype(dtype))

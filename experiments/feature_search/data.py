@@ -16,13 +16,13 @@ def _run(model, ids, layers):
     sel = lambda x: x[jnp.asarray(layers)].reshape(-1, *x.shape[2:])
     return tuple(sel(x) for x in (out.q, out.k, out.v, out.y, out.Z))
 
-def get(layers=(0, 3), T=64, n=512, split="train", seed=0):
+def get(layers=(0, 3), T=64, n=512, split="train", seed=0, corpus="pydoc"):
     """split train: first part of a seeded permutation; 'val': disjoint chunks from the end."""
-    fn = f"{CACHE}/{split}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}.npz"
+    fn = f"{CACHE}/{split}{_tag(corpus)}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}.npz"
     if os.path.exists(fn):
         d = np.load(fn); return tuple(d[k] for k in "qkvyZ")
     t = teacher()
-    chunks = t.tokenizer.chunks(training_texts(), T)
+    chunks = t.tokenizer.chunks(training_texts(corpus), T)
     perm = np.random.default_rng(seed).permutation(len(chunks))
     idx = perm[:n] if split == "train" else perm[-n:]
     ids = jnp.asarray(chunks[np.sort(idx)])
@@ -32,6 +32,9 @@ def get(layers=(0, 3), T=64, n=512, split="train", seed=0):
     outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]  # (heads, N, T, ...)
     np.savez(fn, **dict(zip("qkvyZ", outs)))
     return tuple(outs)
+
+def _tag(corpus):
+    return "" if corpus == "pydoc" else "_" + corpus.replace("+", "-")
 
 def heldout(layers=(0, 3)):
     t = teacher()
@@ -48,14 +51,14 @@ if __name__ == "__main__":
         d = get(T=T, n=n); print(T, [x.shape for x in d], time.time()-t0)
     d = get(T=64, n=128, split="val"); print("val", [x.shape for x in d], time.time()-t0)
 
-def get_aug(layers=(0, 3), T=128, n=512, frac=0.3, seed=0, offset=0):
+def get_aug(layers=(0, 3), T=128, n=512, frac=0.3, seed=0, offset=0, corpus="pydoc"):
     """training chunks (same selection as get(split='train')) with a fraction `frac` of
     the body tokens replaced by uniformly random real wordpieces (ids >= 999)."""
-    fn = f"{CACHE}/aug{frac}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}_o{offset}.npz"
+    fn = f"{CACHE}/aug{frac}{_tag(corpus)}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}_o{offset}.npz"
     if os.path.exists(fn):
         d = np.load(fn); return tuple(d[k] for k in "qkvyZ")
     t = teacher()
-    chunks = t.tokenizer.chunks(training_texts(), T)
+    chunks = t.tokenizer.chunks(training_texts(corpus), T)
     perm = np.random.default_rng(seed).permutation(len(chunks))
     ids = chunks[np.sort(perm[offset:offset + n])].copy()
     rng = np.random.default_rng(1000 + seed + offset)

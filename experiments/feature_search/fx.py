@@ -150,10 +150,10 @@ def init_maps(name, key, H, m, **kw):
 def run(args):
     t0 = time.time()
     layers = tuple(args.layers)
-    tr = D_.get(layers, T=args.T, n=args.chunks_avail, split="train")
+    tr = D_.get(layers, T=args.T, n=args.chunks_avail, split="train", corpus=args.corpus)
     tr = tuple(x[:, :args.chunks] for x in tr)
     if args.aug > 0:  # replace the 2nd half of the chunks by token-corrupted copies of the same pydoc chunks
-        au = D_.get_aug(layers, T=args.T, n=args.chunks_avail, frac=args.aug)
+        au = D_.get_aug(layers, T=args.T, n=args.chunks_avail, frac=args.aug, corpus=args.corpus)
         half = args.chunks // 2
         tr = tuple(np.concatenate([x[:, :half], y[:, half:args.chunks]], 1) for x, y in zip(tr, au))
     val = D_.get(layers, T=64, n=128, split="val")
@@ -196,7 +196,7 @@ def run(args):
     f = eqx.combine(params, static)
     sub = tuple(x[:, :64] for x in tr)
     s_tr, s_val, s_ho = summarize(f, sub), summarize(f, val), summarize(f, ho)
-    res = dict(name=args.name, map=args.map, kw=kw, m=args.m, T=args.T, chunks=args.chunks, steps=args.steps,
+    res = dict(name=args.name, corpus=args.corpus, map=args.map, kw=kw, m=args.m, T=args.T, chunks=args.chunks, steps=args.steps,
                lr=args.lr, batch=args.batch, wts=args.wts, train_y=s_tr['y'], val_y=s_val['y'], ho_y=s_ho['y'], ho_early=s_ho['early'], ho_late=s_ho['late'],
                ho_ymax=s_ho['y_max'], ho_below10=s_ho['below10'], ho_r=s_ho['r'], ho_rmin=s_ho['r_min'],
                val_r=s_val['r'], init_ho_y=h0['y'], train_s=round(ttrain), total_s=round(time.time() - t0))
@@ -204,7 +204,7 @@ def run(args):
     print("heldout per-head y:", np.round(s_ho['per_head_y'], 3).tolist())
     with open(os.path.join(HERE, "results.jsonl"), "a") as fh:
         fh.write(json.dumps(res) + "\n")
-    line = (f"| {args.name} | {args.map} {args.kw}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
+    line = (f"| {args.name} | {args.map} {args.kw}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''}{' ' + args.corpus if args.corpus != 'pydoc' else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
             f"| {s_tr['y']:.3f} | {s_val['y']:.3f} | **{s_ho['y']:.3f}** (pos<64 {s_ho['early']:.3f}, pos>=64 {s_ho['late']:.3f}; max {s_ho['y_max']:.2f}, <10%: {s_ho['below10']}/{H}) | {s_ho['r']:.3f} (min {s_ho['r_min']:.2f}) | {ttrain:.0f}s |\n")
     with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
         fh.write(line)
@@ -223,6 +223,7 @@ if __name__ == "__main__":
     p.add_argument("--wts", type=float, nargs=3, default=[1.0, 0.1, 1.0])
     p.add_argument("--layers", type=int, nargs="+", default=[0, 3]); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aug", type=float, default=0.0)
+    p.add_argument("--corpus", default="pydoc", help="training text: pydoc, news, reviews joined by +")
     p.add_argument("--init_is", action="store_true"); p.add_argument("--sigma", type=float, default=1.0)
     p.add_argument("--log", type=int, default=100); p.add_argument("--save", action="store_true")
     a = p.parse_args()
