@@ -121,6 +121,23 @@ def tiny_config(**over):
     return c
 
 
+@pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "experiment"))))
+def test_every_shipped_experiment_config_validates(name):
+    """Each configs/experiment/*.yaml composes with train.yaml into a valid config (catches a
+    key renamed in one place and not the other, or an invalid corpus name)."""
+    from omegaconf import OmegaConf
+
+    from astrojax.train.app import validate_train_config
+
+    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
+    exp = OmegaConf.load(os.path.join(CONF, "experiment", f"{name}.yaml"))
+    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
+    c.pop("hydra")
+    c.pop("defaults", None)
+    assert c["name"] == name
+    validate_train_config(c)
+
+
 class SimulatedKill(Exception):
     """Stands in for SIGKILL mid-run (a KeyboardInterrupt would stop the pytest session)."""
 
