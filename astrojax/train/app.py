@@ -43,7 +43,7 @@ _LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
 _OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
 _IGNORED_ON_RESUME = ("progress", "parallel", "distributed")  # where it runs may change between resumes
 # keys added after runs were written: absent in an old config.yaml means this value
-_ADDED_KEY_DEFAULTS = {"data.corpus": "pydoc"}
+_ADDED_KEY_DEFAULTS = {"dendrite_hidden": 64, "data.corrupt": 0.0, "data.corpus": "pydoc"}
 _PARALLEL_KEYS = ("data",)
 _DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
 
@@ -86,7 +86,7 @@ def validate_train_config(c: dict) -> None:
     _real("data.corrupt", c["data"]["corrupt"], nonneg=True)
     if c["data"]["corrupt"] >= 1:
         raise ConfigError(f"config key `data.corrupt`: expected a fraction in [0, 1), got {c['data']['corrupt']!r}")
-    _check_corpus(c["data"].get("corpus", "pydoc"))
+    _check_corpus(c["data"]["corpus"])
     _section(c, "loss", _LOSS_KEYS)
     for n in _LOSS_KEYS:
         _real(f"loss.{n}", c["loss"][n], nonneg=True)
@@ -178,9 +178,8 @@ def _task_config(c, method):
         params=NeuronAstrocyteParams(**c["params"], dtype=_dtype(c)),
         method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
         chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
-        # .get: run directories written before these keys existed still load
-        corrupt=c["data"].get("corrupt", 0.0), corpus=c["data"].get("corpus", "pydoc"),
-        dendrite_hidden=c.get("dendrite_hidden", 64),
+        # run directories written before these keys existed still load
+        corrupt=_get(c, "data.corrupt"), corpus=_get(c, "data.corpus"), dendrite_hidden=_get(c, "dendrite_hidden"),
         train_params=tuple(c["train_params"]), train_projections=c["train_projections"],
         loss_weights=dict(c["loss"]), eval_pad=c["data"]["eval_pad"],
     )
@@ -221,6 +220,15 @@ def _dtype(c):
     import jax.numpy as jnp
 
     return jnp.float64 if c["x64"] else jnp.float32
+
+
+def _get(c: dict, dotted: str):
+    """``c[a][b]`` for ``"a.b"``; a key added after ``c`` was written gives its
+    :data:`_ADDED_KEY_DEFAULTS` value, any other absent key ``None``."""
+    *path, last = dotted.split(".")
+    for k in path:
+        c = c.get(k, {})
+    return c.get(last, _ADDED_KEY_DEFAULTS.get(dotted))
 
 
 def _compare_configs(old: dict, new: dict, prefix=""):
@@ -396,7 +404,7 @@ def _warm_start(c, teacher, task):
     want = {"scope": "heads", "m": c["m"], "feature_map": c["feature_map"]}
     if c["feature_map"] == "dendritic":
         want["dendrite_hidden"] = c["dendrite_hidden"]
-    have = {k: sc.get(k, 64 if k == "dendrite_hidden" else None) for k in want}
+    have = {k: _get(sc, k) for k in want}
     if have != want:
         fmt = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
         raise ConfigError(

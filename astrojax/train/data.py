@@ -75,8 +75,8 @@ def training_texts(corpus: str = "pydoc") -> list[str]:
     string per document, in a fixed order."""
     names = [c.strip() for c in str(corpus).split("+")]
     bad = [c for c in names if c not in CORPORA]
-    if bad or not names:
-        raise CorpusError(f"unknown corpus {bad or corpus!r}: expected names from "
+    if bad:
+        raise CorpusError(f"unknown corpus {bad!r}: expected names from "
                           f"{sorted(CORPORA)} joined by '+', e.g. 'pydoc+news'")
     return [t for c in names for t in CORPORA[c]()]
 
