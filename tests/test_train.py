@@ -220,11 +220,14 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
         ({"bogus": 1}, "bogus"),
         ({"dendrite_hidden": 0}, "dendrite_hidden"),
         ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 1.0,
-                  "corpus": "pydoc"}},
+                  "corpus": "pydoc", "unit": "window"}},
          "data.corrupt"),
         ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 0.0,
-                  "corpus": "pydoc+wikipedia"}},
+                  "corpus": "pydoc+wikipedia", "unit": "window"}},
          "data.corpus"),
+        ({"data": {"chunk_tokens": 12, "num_chunks": 16, "seed": 0, "eval_pad": 48, "corrupt": 0.0,
+                  "corpus": "pydoc", "unit": "sentence"}},
+         "data.unit"),
     ],
 )
 def test_bad_train_config_fails_at_start(tmp_path, over, key):
@@ -296,6 +299,58 @@ def test_training_corpora_and_their_errors(monkeypatch):
     with pytest.raises(D.CorpusError, match=r"astrojax\[prose\]"):
         D.training_texts("news")
     assert D.training_texts("pydoc") == pydoc  # the default needs nothing extra
+
+
+@needs_minilm
+def test_training_sentences_are_whole_padded_sentences():
+    from astrojax.teachers import load_teacher
+    from astrojax.train.data import training_sentences
+
+    tok = load_teacher("minilm").tokenizer
+    ids, mask = training_sentences(tok, 32, 300, seed=0, corpus="pydoc")
+    n = mask.sum(1)
+    assert ids.shape == mask.shape == (300, 32) and n.min() >= 6 and n.max() <= 32
+    assert (mask == (np.arange(32) < n[:, None])).all()  # a prefix of real tokens, then padding
+    cls, sep = tok.encode("a")[[0, -1]]
+    assert (ids[:, 0] == cls).all() and (ids[np.arange(300), n - 1] == sep).all()
+    assert (ids[~mask] == tok.pad_id).all()
+    # each row is one sentence: it matches the tokenizer's encoding of one regex-split sentence
+    one = tok.sentences("Short one here. The second sentence is this one!", 32, min_tokens=3)[0]
+    assert len(one) == 2 and tok._tok.decode(one[1].tolist()) == "the second sentence is this one!"
+    aug, aug_mask = training_sentences(tok, 32, 300, seed=0, corpus="pydoc", corrupt=0.5)
+    np.testing.assert_array_equal(aug_mask, mask)
+    np.testing.assert_array_equal(aug[0::2], ids[0::2])  # every second sentence untouched
+    changed = aug != ids
+    assert not changed[~mask].any() and not changed[:, 0].any()  # padding and [CLS] kept
+    assert not changed[np.arange(300), n - 1].any()  # [SEP] kept
+    body = mask.copy(); body[:, 0] = False; body[np.arange(300), n - 1] = False  # noqa: E702
+    frac = changed[1::2][body[1::2]].mean()
+    assert abs(frac - 0.5) < 0.05
+
+
+@needs_minilm
+def test_model_task_sentence_unit_masks_the_padding():
+    """Sentence units: the teacher itself scores zero loss (targets computed with the same
+    mask), and a student's loss does not depend on the padding tokens."""
+    from astrojax.teachers import load_teacher
+    from astrojax.train.app import _method, _task_config
+    from astrojax.train.tasks import make_task
+
+    teacher = load_teacher("minilm")
+    c = tiny_config(scope="model", layers=None)
+    c["data"].update(unit="sentence", chunk_tokens=24, num_chunks=6)
+    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
+    ids, mask = task.data[0], task.data[1]
+    assert ids.shape == (6, 24) and not bool(mask.all()) and bool(mask[:, 0].all())
+    idx = jnp.arange(6)
+    loss_t, terms = task.loss(teacher.model, task.data, idx)
+    assert float(terms["hidden"]) < 1e-10 and float(terms["embedding"]) < 1e-6
+    student = task.init(jax.random.PRNGKey(0))
+    loss_s, _ = eqx.filter_jit(task.loss)(student, task.data, idx)
+    junk = jnp.where(mask, ids, 2000)  # different tokens in every padded position
+    loss_j, _ = eqx.filter_jit(task.loss)(student, (junk, *task.data[1:]), idx)
+    assert float(loss_s) > 1e-3
+    np.testing.assert_allclose(float(loss_j), float(loss_s), rtol=1e-6)
 
 
 def test_resume_accepts_run_directories_written_before_data_corpus_existed():

@@ -38,12 +38,12 @@ _KEYS = (
     "max_steps adjoint params train_params train_projections data loss steps batch_size optimizer seed "
     "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64 parallel distributed pack"
 ).split()
-_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt", "corpus")
+_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt", "corpus", "unit")
 _LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
 _OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
 _IGNORED_ON_RESUME = ("progress", "parallel", "distributed")  # where it runs may change between resumes
 # keys added after runs were written: absent in an old config.yaml means this value
-_ADDED_KEY_DEFAULTS = {"dendrite_hidden": 64, "data.corrupt": 0.0, "data.corpus": "pydoc"}
+_ADDED_KEY_DEFAULTS = {"dendrite_hidden": 64, "data.corrupt": 0.0, "data.corpus": "pydoc", "data.unit": "window"}
 _PARALLEL_KEYS = ("data",)
 _DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
 
@@ -87,6 +87,10 @@ def validate_train_config(c: dict) -> None:
     if c["data"]["corrupt"] >= 1:
         raise ConfigError(f"config key `data.corrupt`: expected a fraction in [0, 1), got {c['data']['corrupt']!r}")
     _check_corpus(c["data"]["corpus"])
+    _choice("data.unit", c["data"]["unit"], ("window", "sentence"))
+    if c["data"]["unit"] == "sentence" and c["scope"] != "model":
+        raise ConfigError("config key `data.unit`: 'sentence' is for the text model scope (scope=model); "
+                          "the heads scope trains on token windows (data.unit=window)")
     _section(c, "loss", _LOSS_KEYS)
     for n in _LOSS_KEYS:
         _real(f"loss.{n}", c["loss"][n], nonneg=True)
@@ -179,7 +183,8 @@ def _task_config(c, method):
         method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
         chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
         # run directories written before these keys existed still load
-        corrupt=_get(c, "data.corrupt"), corpus=_get(c, "data.corpus"), dendrite_hidden=_get(c, "dendrite_hidden"),
+        corrupt=_get(c, "data.corrupt"), corpus=_get(c, "data.corpus"), unit=_get(c, "data.unit"),
+        dendrite_hidden=_get(c, "dendrite_hidden"),
         train_params=tuple(c["train_params"]), train_projections=c["train_projections"],
         loss_weights=dict(c["loss"]), eval_pad=c["data"]["eval_pad"],
     )

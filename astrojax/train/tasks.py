@@ -28,7 +28,7 @@ from ..layers import NeuronAstrocyteAttention
 from ..oracles import softmax_weights
 from ..teachers import Teacher, to_neuron_astrocyte
 from . import losses
-from .data import heldout_sentences, heldout_text, training_chunks
+from .data import heldout_sentences, heldout_text, training_chunks, training_sentences
 from .evaluate import embedding_cosines, head_fields, summarize_fields
 from .students import HeadStudents, learned_feature_map
 
@@ -50,6 +50,7 @@ class TaskConfig:
     data_seed: int = 0
     corrupt: float = 0.0  # text: fraction of tokens replaced at random in every second window
     corpus: str = "pydoc"  # text: training corpus names joined by '+' (astrojax.train.data.CORPORA)
+    unit: str = "window"  # text model scope: "window" (fixed token windows) | "sentence" (padded sentences)
     train_params: tuple = ("tau_h", "tau_a", "tau_y", "eta_H", "eta_p")
     train_projections: bool = False
     loss_weights: dict = dataclasses.field(default_factory=lambda: {"y": 1.0, "log_a": 0.1, "kl": 1.0})
@@ -96,7 +97,8 @@ def _run_batched(fn, model, inputs, batch: int = 16):
     The model is an argument, never closed over: captured arrays would be baked into the
     compiled program as constants (slow to compile)."""
     f = eqx.filter_jit(eqx.filter_vmap(fn, in_axes=(None, 0)))
-    outs = [f(model, inputs[i: i + batch]) for i in range(0, len(inputs), batch)]
+    n = len(jax.tree.leaves(inputs)[0])  # inputs: an array or a tuple of arrays
+    outs = [f(model, jax.tree.map(lambda x: x[i: i + batch], inputs)) for i in range(0, n, batch)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
 
 
@@ -203,12 +205,16 @@ class TextModelTask:
     def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         model = teacher.model
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt,
-                                 cfg.corpus)
-        ids = jnp.asarray(chunks)
-        h_ref, e_ref = _run_batched(lambda m, ids: (m.encode(ids), m.sentence_embedding(ids)), model, ids)
-        self.data = (ids, h_ref.astype(dtype), e_ref.astype(dtype))
-        self.num_examples = len(chunks)
+        args = (teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt, cfg.corpus)
+        if cfg.unit == "sentence":
+            ids, mask = training_sentences(*args)
+        else:
+            ids = training_chunks(*args)
+            mask = np.ones(ids.shape, bool)
+        ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+        h_ref, e_ref = _run_batched(lambda m, im: (m.encode(*im), m.sentence_embedding(*im)), model, (ids, mask))
+        self.data = (ids, mask, h_ref.astype(dtype), e_ref.astype(dtype))
+        self.num_examples = len(ids)
         self.heldout_ids = teacher.tokenizer.encode(heldout_text())
 
     def init(self, key):
@@ -220,11 +226,10 @@ class TextModelTask:
     def loss(self, student, data, idx):
         w = self.cfg.loss_weights
 
-        def one(ids, h_ref, e_ref):
-            h = student.encode(ids)
-            e = jnp.mean(h, axis=0)
-            e = e / jnp.linalg.norm(e)
-            return {"hidden": losses.hidden_error(h, h_ref), "embedding": losses.embedding_cosine_loss(e, e_ref)}
+        def one(ids, mask, h_ref, e_ref):
+            h = student.encode(ids, mask)
+            e = jnp.asarray(mask, h.dtype) @ h  # mean pooling over the real tokens (cosine: scale-free)
+            return {"hidden": losses.hidden_error(h, h_ref, mask), "embedding": losses.embedding_cosine_loss(e, e_ref)}
 
         terms = jax.vmap(one)(*(x[idx] for x in data))
         terms = {n: jnp.mean(t) for n, t in terms.items()}
