@@ -101,10 +101,10 @@ def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed
 def training_sentences(tokenizer: TextTokenizer, length: int, num: int, seed: int = 0,
                        corrupt: float = 0.0, corpus: str = "pydoc") -> tuple[np.ndarray, np.ndarray]:
     """``(num, length)`` ids and bool mask: single sentences of :func:`training_texts`
-    (:meth:`TextTokenizer.sentences`, padded to ``length``), a random subset chosen by
+    (:meth:`TextTokenizer.sentences`, padded by :func:`pad_batch`), a random subset chosen by
     ``seed`` -- the format of sentence-embedding inputs, where fixed windows cut across
     sentences. ``corrupt`` as in :func:`training_chunks` (padding never corrupted)."""
-    ids, mask = tokenizer.sentences(training_texts(corpus), length)
+    ids, mask = pad_batch(tokenizer.sentences(training_texts(corpus), length), length, tokenizer.pad_id)
     body = mask.copy()
     body[:, 0] = False
     body[np.arange(len(ids)), mask.sum(1) - 1] = False  # [CLS] ... [SEP] stay
