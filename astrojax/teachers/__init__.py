@@ -16,7 +16,7 @@ from ._common import (
     save_model,
     to_neuron_astrocyte,
 )
-from ._bert import MINILM_INSTALL, BertConfig, BertEncoder, TextTokenizer, load_hf_teacher, minilm_path
+from ._bert import MINILM_INSTALL, BertConfig, BertEncoder, TextTokenizer, load_hf_teacher, mean_pool, minilm_path
 from ._vit import (
     DigitsViT,
     ViTConfig,
@@ -40,6 +40,7 @@ __all__ = [
     "BertConfig",
     "BertEncoder",
     "TextTokenizer",
+    "mean_pool",
     "load_hf_teacher",
     "minilm_path",
     "MINILM_INSTALL",

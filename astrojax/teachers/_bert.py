@@ -144,12 +144,16 @@ class BertEncoder(AbstractEncoder):
         return self.encode(ids, mask)
 
     def sentence_embedding(self, ids, mask=None):
-        """Mean of the final hidden states over (unmasked) tokens, L2-normalised
-        (sentence-transformers ``Pooling(mean) + Normalize``)."""
-        h = self.encode(ids, mask)
-        w = jnp.ones(h.shape[0], h.dtype) if mask is None else jnp.asarray(mask, h.dtype)
-        e = (w @ h) / jnp.sum(w)
-        return e / jnp.maximum(jnp.linalg.norm(e), 1e-12)
+        """:func:`mean_pool` of the final hidden states."""
+        return mean_pool(self.encode(ids, mask), mask)
+
+
+def mean_pool(h, mask=None):
+    """Mean of hidden states ``(T, d)`` over the (unmasked) tokens, L2-normalised
+    (sentence-transformers ``Pooling(mean) + Normalize``)."""
+    w = jnp.ones(h.shape[0], h.dtype) if mask is None else jnp.asarray(mask, h.dtype)
+    e = (w @ h) / jnp.sum(w)
+    return e / jnp.maximum(jnp.linalg.norm(e), 1e-12)
 
 
 class TextTokenizer:

@@ -26,7 +26,7 @@ import numpy as np
 from ..dynamics import NeuronAstrocyteParams
 from ..layers import NeuronAstrocyteAttention
 from ..oracles import softmax_weights
-from ..teachers import Teacher, to_neuron_astrocyte
+from ..teachers import Teacher, mean_pool, to_neuron_astrocyte
 from . import losses
 from .data import heldout_sentences, heldout_text, training_chunks, training_sentences
 from .evaluate import embedding_cosines, head_fields, summarize_fields
@@ -212,7 +212,8 @@ class TextModelTask:
             ids = training_chunks(*args)
             mask = np.ones(ids.shape, bool)
         ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-        h_ref, e_ref = _run_batched(lambda m, im: (m.encode(*im), m.sentence_embedding(*im)), model, (ids, mask))
+        h_ref = _run_batched(lambda m, im: m.encode(*im), model, (ids, mask))
+        e_ref = jax.vmap(mean_pool)(h_ref, mask)
         self.data = (ids, mask, h_ref.astype(dtype), e_ref.astype(dtype))
         self.num_examples = len(ids)
         self.heldout_ids = teacher.tokenizer.encode(heldout_text())
@@ -228,7 +229,7 @@ class TextModelTask:
 
         def one(ids, mask, h_ref, e_ref):
             h = student.encode(ids, mask)
-            e = jnp.asarray(mask, h.dtype) @ h  # mean pooling over the real tokens (cosine: scale-free)
+            e = mean_pool(h, mask)
             return {"hidden": losses.hidden_error(h, h_ref, mask), "embedding": losses.embedding_cosine_loss(e, e_ref)}
 
         terms = jax.vmap(one)(*(x[idx] for x in data))
