@@ -315,7 +315,9 @@ def test_training_sentences_are_whole_padded_sentences():
     assert (ids[:, 0] == cls).all() and (ids[np.arange(300), n - 1] == sep).all()
     assert (ids[~mask] == tok.pad_id).all()
     # each row is one sentence: it matches the tokenizer's encoding of one regex-split sentence
-    one = tok.sentences("Short one here. The second sentence is this one!", 32, min_tokens=3)
+    from astrojax.train.data import split_sentences
+
+    one = tok.encode_sentences(split_sentences("Short one here. The second sentence is this one!"), 32, min_tokens=3)
     assert len(one) == 2 and tok._tok.decode(one[1].tolist()) == "the second sentence is this one!"
     aug, aug_mask = training_sentences(tok, 32, 300, seed=0, corpus="pydoc", corrupt=0.5)
     np.testing.assert_array_equal(aug_mask, mask)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import equinox as eqx
@@ -213,16 +212,13 @@ class TextTokenizer:
             [np.full((n, 1), cls_id, np.int32), body, np.full((n, 1), sep_id, np.int32)], axis=1
         )
 
-    def sentences(self, texts, length: int, min_tokens: int = 6) -> list[np.ndarray]:
-        """Split texts into sentences (at ``.``, ``!`` or ``?`` followed by white space) and
-        encode each as ``[CLS] ... [SEP]`` int32 ids. Sentences of fewer than ``min_tokens``
-        or more than ``length`` tokens (with the specials) are dropped, never truncated."""
-        if isinstance(texts, str):
-            texts = [texts]
+    def encode_sentences(self, sentences: list[str], length: int, min_tokens: int = 6) -> list[np.ndarray]:
+        """Encode each sentence as ``[CLS] ... [SEP]`` int32 ids. Sentences of fewer than
+        ``min_tokens`` or more than ``length`` tokens (with the specials) are dropped, never
+        truncated."""
         if not isinstance(length, int) or not 3 <= length <= self.max_positions:
             raise ValueError(f"`length` must be an integer in [3, {self.max_positions}], got {length!r}")
-        sents = [s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t) if s.strip()]
-        enc = [e.ids for e in self._tok.encode_batch(sents)]
+        enc = [e.ids for e in self._tok.encode_batch(list(sentences))]
         keep = [np.asarray(e, np.int32) for e in enc if min_tokens <= len(e) <= length]
         if not keep:
             raise TeacherError(f"no sentence of {min_tokens} to {length} tokens in the texts")

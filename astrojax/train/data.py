@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ import numpy as np
 from ..teachers import TextTokenizer
 from ..teachers._load import DATA_DIR
 
-__all__ = ["CORPORA", "training_texts", "training_chunks", "training_sentences", "heldout_text", "heldout_sentences", "pad_batch"]
+__all__ = ["CORPORA", "training_texts", "training_chunks", "training_sentences", "split_sentences", "heldout_text",
+           "heldout_sentences", "pad_batch"]
 
 
 def _pydoc_texts() -> list[str]:
@@ -101,10 +103,12 @@ def training_chunks(tokenizer: TextTokenizer, length: int, num_chunks: int, seed
 def training_sentences(tokenizer: TextTokenizer, length: int, num: int, seed: int = 0,
                        corrupt: float = 0.0, corpus: str = "pydoc") -> tuple[np.ndarray, np.ndarray]:
     """``(num, length)`` ids and bool mask: single sentences of :func:`training_texts`
-    (:meth:`TextTokenizer.sentences`, padded by :func:`pad_batch`), a random subset chosen by
+    (:func:`split_sentences` without line splits: the texts are line-wrapped; encoded by
+    :meth:`TextTokenizer.encode_sentences`, padded by :func:`pad_batch`), a random subset chosen by
     ``seed`` -- the format of sentence-embedding inputs, where fixed windows cut across
     sentences. ``corrupt`` as in :func:`training_chunks` (padding never corrupted)."""
-    ids, mask = pad_batch(tokenizer.sentences(training_texts(corpus), length), length, tokenizer.pad_id)
+    sents = [s for t in training_texts(corpus) for s in split_sentences(t, at_lines=False)]
+    ids, mask = pad_batch(tokenizer.encode_sentences(sents, length), length, tokenizer.pad_id)
     body = mask.copy()
     body[:, 0] = False
     body[np.arange(len(ids)), mask.sum(1) - 1] = False  # [CLS] ... [SEP] stay
@@ -125,6 +129,13 @@ def _subset_and_corrupt(tokenizer, ids, body, num, seed, corrupt, *rest):
         hit[0::2] = False  # every second row stays clean
         out[hit] = rng.integers(tokenizer.first_word_id, tokenizer.vocab_size, int(hit.sum()))
     return (out, *(r[idx] for r in rest))
+
+
+def split_sentences(text: str, at_lines: bool = True) -> list[str]:
+    """Sentences of ``text``: split after ``.``, ``!`` or ``?`` followed by white space and,
+    if ``at_lines``, at line breaks."""
+    parts = text.splitlines() if at_lines else [text]
+    return [s.strip() for p in parts for s in re.split(r"(?<=[.!?])\s+", p) if s.strip()]
 
 
 def heldout_text() -> str:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import re
 
 import equinox as eqx
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..reproduce import head_metrics
-from .data import pad_batch
+from .data import pad_batch, split_sentences
 from .students import HeadStudents
 
 __all__ = ["head_fields", "embedding_cosines", "split_sentences", "summarize_fields"]
@@ -70,14 +69,6 @@ def summarize_fields(rows: list[dict]) -> dict:
     out["y_rel_err_max"] = float(np.max(ys))
     out["heads_y_below_10pct"] = int(np.sum(ys < 0.1))
     out["heads"] = len(rows)
-    return out
-
-
-def split_sentences(text: str) -> list[str]:
-    """Lines, further split after ``.``, ``!`` or ``?`` followed by white space."""
-    out = []
-    for line in text.splitlines():
-        out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", line) if s.strip())
     return out
 
 
