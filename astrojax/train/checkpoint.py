@@ -287,6 +287,10 @@ class Checkpointer:
             saved = self._manager.save(step, args=args, force=True)
             self._manager.wait_until_finished()
         except Exception as e:
+            try:  # background writers of the failed save may still run: let them end before cleaning up
+                self._manager.wait_until_finished()
+            except Exception:
+                pass
             self._remove_tmp(step)
             raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_short(e)}") from e
         return bool(saved)
