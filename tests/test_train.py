@@ -3,6 +3,7 @@ bitwise resume after a kill, config errors, evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -108,34 +109,34 @@ def test_constrain_keeps_parameters_positive():
 
 
 def tiny_config(**over):
-    from omegaconf import OmegaConf
+    """The quickstart experiment (composed by Hydra, as ``astrojax train`` does) made tiny,
+    as a plain dict: ``run_train`` accepts it like a DictConfig or a TrainConfig."""
+    from astrojax._config import to_dict
+    from astrojax._hydra import compose
 
-    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
-    exp = OmegaConf.load(os.path.join(CONF, "experiment", "quickstart.yaml"))
-    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
-    c.pop("hydra")
-    c.pop("defaults", None)
+    c = to_dict(compose("train", ["experiment=quickstart"]))
     c.update(m=8, steps=20, batch_size=2, log_every=1, checkpoint_every=5, progress=False)
     c["data"].update(chunk_tokens=12, num_chunks=16)
     c.update(over)
     return c
 
 
+def typed(c):
+    from astrojax._config import to_config
+    from astrojax.train.config import TrainConfig
+
+    return to_config(TrainConfig, c)
+
+
 @pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "experiment"))))
 def test_every_shipped_experiment_config_validates(name):
-    """Each configs/experiment/*.yaml composes with train.yaml into a valid config (catches a
-    key renamed in one place and not the other, or an invalid corpus name)."""
-    from omegaconf import OmegaConf
+    """Each configs/experiment/*.yaml composes with train.yaml and the typed schema into a
+    valid config (catches a key renamed in one place and not the other, or an invalid
+    corpus name)."""
+    from astrojax._hydra import compose
 
-    from astrojax.train.app import validate_train_config
-
-    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
-    exp = OmegaConf.load(os.path.join(CONF, "experiment", f"{name}.yaml"))
-    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
-    c.pop("hydra")
-    c.pop("defaults", None)
-    assert c["name"] == name
-    validate_train_config(c)
+    c = compose("train", [f"experiment={name}"])
+    assert c.name == name
 
 
 class SimulatedKill(Exception):
@@ -188,7 +189,7 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
         run_train(tiny_config(m=16), str(killed))
 
     # evaluation on held-out text (default and a given file) and its errors
-    from astrojax.train.app import run_evaluate
+    from astrojax.train.evaluate_app import run_evaluate
 
     ev = run_evaluate(str(full), None)
     assert len(ev["per_head"]) == 12 and ev["tokens"] == 102
@@ -246,16 +247,17 @@ def test_diffrax_keys_reach_the_task():
     job's dtype (the loss equality of the two paths is test_fast_and_diffrax_paths_give_the_same_loss)."""
     import jax.numpy as jnp
 
-    from astrojax.train.app import _method, _task_config
+    from astrojax.train.build import method as build_method
+    from astrojax.train.build import task_config
 
-    c = tiny_config(method="diffrax", solver="kvaerno5", adaptive=True, rtol=1e-5, atol=1e-7,
-                    adjoint="backsolve", max_steps=123)
-    method, desc = _method(c)
+    c = typed(tiny_config(method="diffrax", solver="kvaerno5", adaptive=True, rtol=1e-5, atol=1e-7,
+                          adjoint="backsolve", max_steps=123))
+    method, desc = build_method(c)
     assert isinstance(method, aj.DiffraxPath) and isinstance(method.solver, diffrax.Kvaerno5)
     assert isinstance(method.adjoint, diffrax.BacksolveAdjoint)
     assert (method.adaptive, method.rtol, method.atol, method.max_steps) == (True, 1e-5, 1e-7, 123)
     assert "kvaerno5" in desc and "backsolve" in desc
-    tc = _task_config(c, method)
+    tc = task_config(c, method)
     assert tc.method is method and tc.params.tau_h.dtype == jnp.float32  # not float64 under x64
 
 
@@ -335,13 +337,14 @@ def test_model_task_sentence_unit_masks_the_padding():
     """Sentence units: the teacher itself scores zero loss (targets computed with the same
     mask), and a student's loss does not depend on the padding tokens."""
     from astrojax.teachers import load_teacher
-    from astrojax.train.app import _method, _task_config
+    from astrojax.train.build import method, task_config
     from astrojax.train.tasks import make_task
 
     teacher = load_teacher("minilm")
     c = tiny_config(scope="model", layers=None)
     c["data"].update(unit="sentence", chunk_tokens=24, num_chunks=6)
-    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
+    c = typed(c)
+    task = make_task("model", teacher, task_config(c, method(c)[0]))
     ids, mask = task.data[0], task.data[1]
     assert ids.shape == (6, 24) and not bool(mask.all()) and bool(mask[:, 0].all())
     idx = jnp.arange(6)
@@ -355,14 +358,27 @@ def test_model_task_sentence_unit_masks_the_padding():
     np.testing.assert_allclose(float(loss_j), float(loss_s), rtol=1e-6)
 
 
-def test_resume_accepts_run_directories_written_before_data_corpus_existed():
-    from astrojax.train.app import _compare_configs
+def test_resume_accepts_run_directories_written_before_data_corpus_existed(tmp_path):
+    """An old run directory's config.yaml lacks keys added since (here data.corpus and
+    dendrite_hidden): read through the schema they take their defaults, which are what the
+    old version did, so the same command resumes; another value is refused, naming the key."""
+    import yaml
 
-    old = {"m": 8, "data": {"seed": 0}}
-    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc"}}) is None
-    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc+news"}}) == (
-        "data.corpus", "pydoc", "pydoc+news")
-    assert _compare_configs({"m": 8}, {"m": 8, "steps": 3})[0] == "steps"  # other new keys still differ
+    from astrojax.train.app import check_run_dir
+
+    old = tiny_config()
+    del old["data"]["corpus"], old["dendrite_hidden"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_run_dir(typed(tiny_config()), tmp_path) is None
+    with pytest.raises(ConfigError, match="config key `data.corpus`: .* holds a run with data.corpus='pydoc', "
+                                          "this command has 'pydoc\\+news'"):
+        c = tiny_config()
+        c["data"]["corpus"] = "pydoc+news"
+        check_run_dir(typed(c), tmp_path)
+    with pytest.raises(ConfigError, match="config key `steps`"):
+        check_run_dir(typed(tiny_config(steps=3)), tmp_path)
+    # where a run executes is not part of its identity
+    assert check_run_dir(typed(tiny_config(progress=True, parallel={"data": 1})), tmp_path) is None
 
 
 @needs_minilm
@@ -370,7 +386,8 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     """init_from: a heads run's per-head features and params land in the right layers of
     the whole-model student (and a mismatched run is refused, naming init_from)."""
     from astrojax.teachers import load_teacher
-    from astrojax.train.app import _method, _task_config, _warm_start, load_run, run_train
+    from astrojax.train.app import load_run, run_train
+    from astrojax.train.build import method, task_config, warm_start
     from astrojax.train.tasks import make_task
 
     heads = tmp_path / "heads"
@@ -379,9 +396,10 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     teacher = load_teacher("minilm")
     c = tiny_config(scope="model", layers=None, feature_map="dendritic", dendrite_hidden=4, init_from=str(heads))
     c["data"].update(num_chunks=2)
-    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
-    student = _warm_start(c, teacher, task)
-    fresh = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0])  # as _warm_start
+    c = typed(c)
+    task = make_task("model", teacher, task_config(c, method(c)[0]))
+    student = warm_start(c, teacher, task)
+    fresh = task.init(jax.random.split(jax.random.PRNGKey(c.seed))[0])  # as warm_start
     for j, layer in enumerate([1, 3]):
         got = student.blocks[layer].attn.features
         np.testing.assert_array_equal(np.asarray(got.W2), np.asarray(src.features.W2[j * 12:(j + 1) * 12]))
@@ -391,19 +409,26 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     np.testing.assert_array_equal(np.asarray(student.blocks[0].attn.features.Wl),
                                   np.asarray(fresh.blocks[0].attn.features.Wl))
     with pytest.raises(ConfigError, match="`init_from`.*dendrite_hidden=8"):
-        _warm_start({**c, "dendrite_hidden": 8}, teacher, task)
+        warm_start(dataclasses.replace(c, dendrite_hidden=8), teacher, task)
 
 
-def test_cli_unknown_experiment_and_bad_value(tmp_path):
+@pytest.mark.parametrize("override, key", [
+    ("experiment=nope", "experiment"),                      # Hydra's own errors ...
+    ("foo=1", "foo"),
+    ("m=abc", "m"),                                         # ... the schema's types ...
+    ("optimizer.learning_rate=-1", "optimizer.learning_rate"),  # ... and its ranges
+    ("teacher=/nonexistent/dir", "teacher"),                # the job's file checks
+])
+def test_cli_config_errors_are_one_line_exit_2_and_write_nothing(tmp_path, override, key):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "experiment=nope",
-                        f"hydra.run.dir={tmp_path}/a"], capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and "experiment" in r.stderr and "nope" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "optimizer.learning_rate=-1",
-                        f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "config key `optimizer.learning_rate`" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", override], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"astrojax train: error: config key `{key}`:"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert os.listdir(tmp_path) == []  # no skeleton run directory (runs/train/...)
 
 
 @pytest.mark.slow  # ~9 min on 2 cores (compiling 6 simulated layers forward + backward)
@@ -411,7 +436,8 @@ def test_cli_unknown_experiment_and_bad_value(tmp_path):
 def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
     """Model scope on MiniLM: every attention layer replaced; trains (loss decreases) and
     reports sentence-embedding cosines on held-out sentences."""
-    from astrojax.train.app import run_evaluate, run_train
+    from astrojax.train.app import run_train
+    from astrojax.train.evaluate_app import run_evaluate
 
     c = tiny_config(name="tiny_model", scope="model", layers=None, steps=6, log_every=1, checkpoint_every=3)
     c["data"].update(num_chunks=8, eval_pad=24)
