@@ -449,3 +449,69 @@ def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
     assert recs[-1]["loss"] < recs[0]["loss"]
     ev = run_evaluate(str(tmp_path / "run"), None)
     assert 0.0 < ev["embedding_cosine"]["mean"] <= 1.0 and ev["embedding_cosine"]["sentences"] == 4
+
+
+TINY_CLI = ["experiment=quickstart", "m=8", "steps=3", "data.num_chunks=16", "data.chunk_tokens=12", "batch_size=2",
+            "n_sub=1", "log_every=1", "checkpoint_every=1", "progress=false"]
+
+
+@needs_minilm
+def test_cli_train_prints_its_run_directory_and_a_refusal_keeps_the_run_record(tmp_path, capsys):
+    """`astrojax train` as a user runs it: prints its run directory at start and end and no
+    library log lines (a fresh matplotlib font cache logs at INFO); another config on the
+    finished run's directory is refused before Hydra rewrites the run's .hydra/ record."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", *TINY_CLI, "hydra.run.dir=run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == "astrojax train: run directory run", lines
+    assert "astrojax train: finished; results in run" in lines
+    assert not [ln for ln in lines if ln.startswith("[") or "absl" in ln or "matplotlib" in ln], lines
+    run = tmp_path / "run"
+    hydra_files = {f: (run / ".hydra" / f).read_bytes() for f in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    assert "m=8" in hydra_files["overrides.yaml"].decode()
+
+    from astrojax.cli import main
+
+    assert main(["train", *TINY_CLI, "m=16", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astrojax train: error: config key `m`: the run directory") and err.count("\n") == 1
+    assert {f: (run / ".hydra" / f).read_bytes() for f in hydra_files} == hydra_files
+
+
+@needs_minilm
+def test_divergence_and_unreadable_checkpoints_end_with_one_clear_line(tmp_path, capsys):
+    """A diverging loss (CLI, in-process) and a run whose every checkpoint is unreadable
+    end with one line saying what to do, the run directory intact."""
+    from astrojax.cli import main
+    from astrojax.train.app import TrainingError, run_train
+
+    nan_run = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY_CLI, "optimizer.learning_rate=1e6", "optimizer.warmup_steps=0", "optimizer.clip_norm=0",
+              f"hydra.run.dir={nan_run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("astrojax train: error: training diverged: the loss became "
+                                               "non-finite"), err
+    assert "optimizer.learning_rate" in err[0]
+    for f in ("config.yaml", "env.json", "before.json", "metrics.jsonl"):
+        assert (nan_run / f).is_file(), f
+    assert not (nan_run / "model.eqx").exists()
+
+    run = tmp_path / "run"
+    run_train(tiny_config(steps=2, checkpoint_every=1), str(run))
+    (run / "metrics.json").unlink()  # unfinished, so that the same command resumes
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(TrainingError) as exc:
+        run_train(tiny_config(steps=2, checkpoint_every=1), str(run))
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("no checkpoint of this run can be read (steps 2, 1;")
+    assert f"delete {run / 'checkpoints'}" in msg
+    assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()

@@ -34,7 +34,13 @@ from . import build
 from .config import TrainConfig, member_config, pack_members
 from .metrics import final_metrics, first_step_s, fmt_summary, print_result
 
-__all__ = ["run_train", "train_job", "check_train_files", "TrainConfig", "load_run", "build_student"]
+__all__ = ["run_train", "train_job", "check_train_files", "TrainConfig", "TrainingError", "load_run",
+           "build_student"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss diverged, no checkpoint can be read); the message
+    is one line saying what to do."""
 
 load_run = build.load_run
 build_student = build.build_student
@@ -181,11 +187,11 @@ def run_train(cfg, out_dir: str) -> dict:
     packed = pack_members(c)
     if finished is not None:
         if packed:
-            print(f"astrojax train: {out} already holds a finished packed sweep of {len(packed)} members; "
+            print(f"astrojax train: {_shown(out)} already holds a finished packed sweep of {len(packed)} members; "
                   "their results:")
             _print_pack(finished)
         else:
-            print(f"astrojax train: {out} already holds a finished run; its results:")
+            print(f"astrojax train: {_shown(out)} already holds a finished run; its results:")
             print_result(finished)
         return finished
 
@@ -199,7 +205,7 @@ def run_train(cfg, out_dir: str) -> dict:
 
     from .._io import atomic_open, save_json
     from ..teachers import save_model
-    from .checkpoint import Checkpointer
+    from .checkpoint import CheckpointError, Checkpointer
     from .loop import LoopConfig, Member, train_members
     from .plots import plot_before_after, plot_learning_curve
     from .rundir import MetricsLog, is_main_process, save_resolved_config, write_env_json
@@ -220,7 +226,7 @@ def run_train(cfg, out_dir: str) -> dict:
                 import yaml
 
                 f.write(yaml.safe_dump(ov, default_flow_style=False))
-    print(f"astrojax train: run directory {out}")
+    print(f"astrojax train: run directory {_shown(out)}")
 
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
@@ -271,6 +277,19 @@ def run_train(cfg, out_dir: str) -> dict:
                           save_interval_steps=c.checkpoint_every) as ckpt:
             students, histories = train_members(task, loop, members, checkpointer=ckpt, metrics_logs=logs,
                                                 vectorize=c.pack.vectorize, data_parallel=n_data)
+    except CheckpointError as e:
+        lines = str(e).splitlines()
+        if not lines[0].startswith("no checkpoint in"):
+            raise
+        steps = [ln.strip().split(":", 1) for ln in lines[1:] if ln.strip().startswith("step ")]
+        which = ", ".join(x[0].split()[1] for x in steps)
+        why = steps[0][1].strip() if steps else "unreadable"
+        raise TrainingError(
+            f"no checkpoint of this run can be read (step{'s' if len(steps) > 1 else ''} {which}; "
+            f"{why}); to restart it from step 0 delete {_shown(out / 'checkpoints')}, or start a new run "
+            "(another hydra.run.dir)") from None
+    except FloatingPointError as e:
+        raise TrainingError(f"training diverged: {e}; the run directory {_shown(out)} keeps its last checkpoint") from None
     finally:
         for log in logs:
             if log is not None:
@@ -296,15 +315,23 @@ def run_train(cfg, out_dir: str) -> dict:
                                    "values": packed[i] if packed else {}, "final_loss": final["final_loss"],
                                    "before": before["summary"], "after": after["summary"]})
     if not packed:
-        print(f"astrojax train: finished; results in {out}")
+        print(f"astrojax train: finished; results in {_shown(out)}")
         print_result(final)
         return final
     summary["seconds"] = {"total_this_call": time.perf_counter() - t0, "first_step_this_call": first_step}
     if main:
         save_json(out / "pack.json", summary)  # last: marks the sweep finished
-    print(f"astrojax train: finished; results in {out}")
+    print(f"astrojax train: finished; results in {_shown(out)}")
     _print_pack(summary)
     return summary
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    import os
+
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _print_pack(res: dict):
@@ -317,4 +344,4 @@ def _print_pack(res: dict):
 
 def train_job(cfg) -> None:
     """Hydra task of ``astrojax train``."""
-    run_in_hydra_dir("train", run_train, cfg, failures=((FloatingPointError, "training diverged"),))
+    run_in_hydra_dir("train", run_train, cfg, failures=((TrainingError, "error"),))
