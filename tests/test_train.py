@@ -515,3 +515,25 @@ def test_divergence_and_unreadable_checkpoints_end_with_one_clear_line(tmp_path,
     assert "\n" not in msg and msg.startswith("no checkpoint of this run can be read (steps 2, 1;")
     assert f"delete {run / 'checkpoints'}" in msg
     assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("extra", [[], ["+sweep=seeds"], ["+sweep=m_lr"]])
+def test_run_directory_names_leave_out_exactly_the_keys_outside_a_runs_identity(extra):
+    """hydra.job.config.override_dirname.exclude_keys (train.yaml, the saved sweeps) lists
+    `experiment` (the name is already in the path), the saved sweep's own `+sweep=`, and
+    exactly the schema's keys marked identity=False -- the keys a resumed run may change."""
+    from hydra import compose
+
+    from astrojax._config import resume_keys
+    from astrojax._hydra import _hydra_context, register_schema, schema_items
+    from astrojax.train.config import TrainConfig
+
+    register_schema("train")
+    with _hydra_context():
+        cfg = compose("train", extra, return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    outside = {k for k, _, _ in schema_items(TrainConfig)
+               if any(k == r or k.startswith(r + ".") for r in resume_keys(TrainConfig))}
+    assert outside == {"progress", "parallel.data", "distributed.enabled", "distributed.coordinator_address",
+                       "distributed.num_processes", "distributed.process_id"}
+    assert excluded == outside | {"experiment"} | ({"sweep"} if extra else set())

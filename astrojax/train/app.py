@@ -232,7 +232,7 @@ def run_train(cfg, out_dir: str) -> dict:
     from tqdm.auto import tqdm
 
     with tqdm(total=2 + len(configs), desc="prepare", unit="", file=sys.stdout, disable=not c.progress or None,
-              bar_format="{desc}: {n_fmt}/{total_fmt} {postfix}", dynamic_ncols=True) as bar:
+              bar_format="{desc} {n_fmt}/{total_fmt}{postfix}", dynamic_ncols=True) as bar:
         bar.set_postfix_str(f"training data: the teacher on {c.data.num_chunks} examples")
         task = make_task(c.scope, teacher, build.task_config(c, meth), build.dtype(c))
         bar.update(1)
