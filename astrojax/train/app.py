@@ -67,7 +67,8 @@ def check_run_dir(c: TrainConfig, out: Path) -> dict | None:
     if diff:
         raise ConfigError(
             f"config key `{diff[0]}`: the run directory {out} holds a run with {diff[0]}={diff[1]!r}, "
-            f"this command has {diff[2]!r}; use another hydra.run.dir (or delete the directory)"
+            f"this command has {diff[2]!r}; use another run directory (hydra.run.dir, or hydra.sweep.dir for a "
+            "sweep) or delete that one"
         )
     members = pack_members(c)
     if members:
