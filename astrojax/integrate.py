@@ -180,7 +180,7 @@ class FastPath(AbstractMethod):
             (log depth; for long sequences on GPU/TPU) instead of ``lax.scan``.
     """
 
-    n_sub: int = eqx.field(static=True, default=8)
+    n_sub: int = eqx.field(static=True, default=16)
     chunk: int = eqx.field(static=True, default=32)
     form: str = eqx.field(static=True, default="auto")
     settle_tol: float | None = eqx.field(static=True, default=None)
@@ -309,13 +309,27 @@ def _a_of_s(s, a0, P1, P2, P, g):
     )
 
 
-def _mesh(P, n, end):
-    """Graded sub-step edges on ``[0, end]`` (n + 1 points): geometric near 0 on the
-    scale ``min(tau_h, tau_a)``, smooth in the parameters."""
-    delta = jnp.minimum(jnp.minimum(P.tau_h, P.tau_a), 1.0) / end
-    beta = jnp.log1p(1.0 / delta)
-    u = jnp.arange(n + 1, dtype=P.tau_h.dtype) / n
-    return end * jnp.expm1(beta * u) / jnp.expm1(beta)
+def _graded(delta, n):
+    """``n + 1`` points on ``[0, 1]``, geometric near 0 on the scale ``delta`` (array)."""
+    delta = jnp.clip(delta, 1e-7, 1.0)
+    beta = jnp.log1p(1.0 / delta)[..., None]
+    u = jnp.arange(n + 1, dtype=delta.dtype) / n
+    return jnp.expm1(beta * u) / jnp.expm1(beta)
+
+
+def _mesh(P, n, end, a_end):
+    """Sub-step edges on ``[0, end]`` (n + 1 points, last axis): graded toward the start
+    on the scale ``min(tau_h, tau_a)`` (the transients of h and a) and toward the end on
+    the scale ``tau_y / a(end)`` (the boundary layer of the shunted read-out)."""
+    nl = n // 2
+    nr = n - nl
+    dtype = P.tau_h.dtype
+    end = jnp.asarray(end, dtype)
+    d0 = jnp.broadcast_to(jnp.minimum(P.tau_h, P.tau_a) / end, jnp.shape(a_end)).astype(dtype)
+    d1 = P.tau_y / (jnp.maximum(a_end, 1e-30) * end)
+    left = 0.5 * _graded(2.0 * d0, nl) if nl else jnp.zeros(jnp.shape(a_end) + (1,), dtype)
+    right = 1.0 - 0.5 * _graded(2.0 * d1, nr)[..., ::-1]
+    return end[..., None] * jnp.concatenate([left[..., :-1], right], axis=-1)
 
 
 _GL = (float(0.5 - 0.5 / np.sqrt(3.0)), float(0.5 + 0.5 / np.sqrt(3.0)))
@@ -338,13 +352,15 @@ def _y_coeffs_n(P, a0, P1, P2, g, n_sub, end=1.0):
     Arrays broadcast; ``end`` may be an array of the same shape."""
     kH = P.decay_H
     r2 = kH + 1.0 / P.tau_h
-    edges = _mesh(P, n_sub, 1.0)
     end = jnp.asarray(end, P.tau_h.dtype)
-    logphi = jnp.zeros(jnp.broadcast_shapes(jnp.shape(a0), jnp.shape(end)), P.tau_h.dtype)
+    shape = jnp.broadcast_shapes(jnp.shape(a0), jnp.shape(end), jnp.shape(P1), jnp.shape(g))
+    end = jnp.broadcast_to(end, shape)
+    edges = _mesh(P, n_sub, end, _a_of_s(end, a0, P1, P2, P, g))
+    logphi = jnp.zeros(shape, P.tau_h.dtype)
     c1 = jnp.zeros_like(logphi)
     c2 = jnp.zeros_like(logphi)
     for k in range(n_sub):
-        s0, dt = end * edges[k], end * (edges[k + 1] - edges[k])
+        s0, dt = edges[..., k], edges[..., k + 1] - edges[..., k]
         abar = 0.5 * sum(_a_of_s(s0 + x * dt, a0, P1, P2, P, g) for x in _GL)
         x = jnp.maximum(abar, 0.0) * dt / P.tau_y
         decay = jnp.exp(-x)
