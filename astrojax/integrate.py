@@ -123,7 +123,7 @@ class SaveAt(eqx.Module):
     window_ends: bool = eqx.field(static=True, default=True)
     trace: bool = eqx.field(static=True, default=False)
     ts: Any = None
-    fn: Callable | None = eqx.field(static=True, default=None)
+    fn: Callable | None = None
 
 
 class Solution(eqx.Module):
