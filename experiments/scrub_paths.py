@@ -6,17 +6,19 @@ on another machine, so this script rewrites them:
 
 - a path inside the repository (it contains ``astrojax/``, ``experiments/``, ``runs/``,
   ``tests/``, ``configs/`` or ``docs/``) -> the repository-relative path;
-- a path inside an installed package (``.../site-packages/X``) -> ``<site-packages>/X``;
-- a path in a hidden directory of a home (``/root/.cache/X``, ``/home/<user>/.cache/X``)
-  -> ``~/.cache/X`` (checked first: a cache may hold an ``astrojax/`` folder), any other
-  path in a home directory -> ``~/X``;
-- a scratch path (``/tmp/X``) -> ``runs/scratch/X``;
-- any other absolute path under ``/work/`` (a checkout's root) -> ``.``;
+- a path inside an installed package (``<anything>/site-packages/X``) -> ``<site-packages>/X``;
+- a path in a hidden directory of a home directory (the home of root or of a user, e.g.
+  its ``.cache/X``) -> ``~/.cache/X`` (checked first: a cache may hold an ``astrojax/``
+  folder); any other path in a home directory -> ``~/X``;
+- a path in the system's scratch directory (tmp) -> ``runs/scratch/X``;
+- any other absolute path under the work root (a checkout's root) -> ``.``;
 
 and drops fields that only describe the host: ``python_executable`` (``env.json``) and
 ``hydra.runtime.cwd`` (``.hydra/hydra.yaml``). JSON files are rewritten with their own
 indentation, other text files line by line; binary files are skipped. Numbers and every
-other field are left as they are.
+other field are left as they are. Absolute paths are recognised under the roots
+``work``, ``root``, ``home`` and ``tmp`` (``ABS_PATH``); this file names them only in
+regular-expression form and never rewrites itself.
 
 Usage, from the repository root::
 
@@ -54,8 +56,9 @@ def relative_path(path: str) -> str:
         return path[m.start() + 1:]
     if home:
         return "~/" + (home.group(1) or "")
-    if path.startswith("/tmp/"):
-        return "runs/scratch/" + path[len("/tmp/"):]
+    tmp = re.match(r"^/(?:tmp)/(.*)$", path)
+    if tmp:
+        return "runs/scratch/" + tmp.group(1)
     return "."
 
 
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="only report the files that would change (exit 1 if any)")
     args = ap.parse_args(argv)
     root = pathlib.Path.cwd()
-    files = args.files or tracked_files(root)
+    files = [f for f in (args.files or tracked_files(root)) if f.resolve() != pathlib.Path(__file__).resolve()]
     changed = []
     for f in files:
         new = scrub_file(f)
