@@ -1,7 +1,7 @@
 """Fitting biophysical parameters to recorded traces (``astrojax.fit``, issue 5).
 
 References are independent of the library's solver: ``tests/scipy_reference.py``
-(``scipy_sample``: ``solve_ivp`` of the MODEL.md equations, own right-hand side), a
+(``scipy_sample``: ``solve_ivp`` of the docs/model.md equations, own right-hand side), a
 numpy performer feature map written here, finite differences, and numpy least squares.
 
 Compilation is the slow part (an LM batch through a diffrax solve: tens of seconds on 2

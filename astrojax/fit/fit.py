@@ -1,6 +1,6 @@
 r"""Gradient-based fitting of the biophysical parameters to recorded traces.
 
-:func:`fit_recording` fits the free parameters of the MODEL.md network (time constants,
+:func:`fit_recording` fits the free parameters of the docs/model.md network (time constants,
 gains, leaks, the hidden neurons' input weights ``W``, and the scale/offset of each
 observed variable's read-out) to a :class:`~astrojax.fit.Recording`, by
 
@@ -41,7 +41,7 @@ estimated (with a single variable this is the textbook ``s^2 (J^T J)^{-1}``).
 Parameters in a near-null direction of ``J^T J`` get infinite errors and a warning. Constrained errors follow by the delta method
 (``|dtheta/dz| se_z``); both are reported.
 
-**Identifiability** (MODEL.md section 4 equations, zero initial state). The hidden rates
+**Identifiability** (docs/model.md equations, zero initial state). The hidden rates
 depend on ``tau_h`` (and ``W``) only; ``p`` depends on ``eta_p / tau_p`` and
 ``lambda_p / tau_p`` only, and ``H`` on ``eta_H / tau_H`` and ``lambda_H / tau_H`` only --
 so ``tau_p`` and ``tau_H`` cannot be fitted together with their gains (fix them; the
