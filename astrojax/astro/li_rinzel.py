@@ -311,7 +311,7 @@ class SpikeInput(eqx.Module):
         times = as_array("times", times)
         if times.ndim != 1:
             raise ValueError(f"`times` must be a 1-D array of spike arrival times (ms), got shape {times.shape}")
-        weights = jnp.broadcast_to(jnp.asarray(weights, times.dtype), times.shape) if jnp.ndim(weights) == 0 \
+        weights = jnp.broadcast_to(jnp.asarray(weights, times.dtype), times.shape) if np.ndim(weights) == 0 \
             else as_array("weights", weights, ndim=1)
         if weights.shape != times.shape:
             raise ValueError(f"`weights` must have the shape of `times` {times.shape}, got {weights.shape}")
