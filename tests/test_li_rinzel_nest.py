@@ -16,7 +16,9 @@ is far below the 1e-4 target, so the measured agreement is set by both solvers' 
 import numpy as np
 import pytest
 
-nest = pytest.importorskip("nest", reason="NEST is not installed (pip install nest-simulator, or the [nest] extra)")
+nest = pytest.importorskip(
+    "nest", reason="NEST is not installed (pip install nest-simulator, or the [nest] extra)", exc_type=ImportError
+)
 
 import jax.numpy as jnp  # noqa: E402
 
