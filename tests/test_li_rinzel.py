@@ -245,3 +245,74 @@ def test_from_nest_round_trip():
     p = LiRinzelParams(IP3_0=0.3, tau_IP3=5000.0)
     q = LiRinzelParams.from_nest({**p.to_nest(), "Ca_astro": 0.1, "model": "astrocyte_lr_1994"})
     assert eqx.tree_equal(p, q)
+
+
+# ---------------------------------------------------------------------------------------
+# Oscillations at constant IP3 (IP3_0 = IP3(0) = IP3, no input)
+# ---------------------------------------------------------------------------------------
+def _reference_steady_state(ip3):
+    """Root of dCa/dt with h at its nullcline, from the reference equations (brentq)."""
+    from scipy.optimize import brentq
+
+    P = dict(DEFAULTS, IP3_0=ip3)
+    f = reference_rhs(P)
+
+    def h_inf(c):
+        a = P["k_IP3R"] * P["Kd_inh"] * (ip3 + P["Kd_IP3_1"]) / (ip3 + P["Kd_IP3_2"])
+        return a / (a + P["k_IP3R"] * c)
+
+    c = brentq(lambda c: f(0.0, [ip3, c, h_inf(c)])[1], 1e-9, P["Ca_tot"] - 1e-9, xtol=1e-15)
+    return c, h_inf(c)
+
+
+def _reference_trace_of_jacobian(ip3, eps=1e-7):
+    """Trace of the (Ca, h) Jacobian at the steady state by central differences = 2 Re(lambda)
+    when the eigenvalues are complex."""
+    f = reference_rhs(dict(DEFAULTS, IP3_0=ip3))
+    c, h = _reference_steady_state(ip3)
+    dca = (f(0, [ip3, c + eps, h])[1] - f(0, [ip3, c - eps, h])[1]) / (2 * eps)
+    dh = (f(0, [ip3, c, h + eps])[2] - f(0, [ip3, c, h - eps])[2]) / (2 * eps)
+    return dca + dh
+
+
+def test_steady_state_and_hopf_points_match_reference():
+    from astrojax.astro.oscillations import hopf_points, steady_state, steady_state_eigenvalues
+
+    p = LiRinzelParams()
+    for ip3 in (0.2, 0.5, 1.0):
+        ca, h = steady_state(p, ip3)
+        c_ref, h_ref = _reference_steady_state(ip3)
+        np.testing.assert_allclose([float(ca), float(h)], [c_ref, h_ref], rtol=1e-10)
+        ev = np.asarray(steady_state_eigenvalues(p, ip3))
+        if abs(ev[0].imag) > 0:
+            np.testing.assert_allclose(ev[0].real, _reference_trace_of_jacobian(ip3) / 2, rtol=1e-5)
+    hopf = hopf_points(p, 0.0, 3.0, 301)
+    assert hopf.shape == (2,)
+    for x in hopf:  # the reference's Re(lambda) changes sign across each point
+        assert _reference_trace_of_jacobian(x - 1e-4) * _reference_trace_of_jacobian(x + 1e-4) < 0
+    assert _reference_trace_of_jacobian(0.5) > 0 > _reference_trace_of_jacobian(0.2)
+
+
+def test_constant_ip3_steady_state_below_range_oscillations_inside():
+    """IP3 = 0.2 µM (below the oscillatory range): calcium settles on the steady state.
+    IP3 = 0.5 µM (inside): sustained oscillations, same amplitude 100 s apart."""
+    from astrojax.astro.oscillations import oscillation_features
+
+    ip3 = jnp.asarray([0.2, 0.5])
+    ts = jnp.arange(100_000.0, 300_000.0 + 1.0, 20.0)  # ms: 100-300 s
+
+    def run(x):
+        return simulate_li_rinzel(eqx.tree_at(lambda q: q.IP3_0, LiRinzelParams(), x), None, ts)
+
+    out = jax.jit(jax.vmap(run))(ip3)
+    assert bool(jnp.all(out.ok))
+    ts_np = np.asarray(ts)
+    low, mid = np.asarray(out.Ca_astro[0]), np.asarray(out.Ca_astro[1])
+    c_ref, _ = _reference_steady_state(0.2)
+    assert np.max(np.abs(low[ts_np >= 200_000.0] - c_ref)) < 1e-6 * c_ref
+    a = oscillation_features(ts_np[ts_np < 200_000.0], mid[ts_np < 200_000.0])
+    b = oscillation_features(ts_np[ts_np >= 200_000.0], mid[ts_np >= 200_000.0])
+    assert b["amplitude"] > 0.2 and b["n_peaks"] >= 7
+    assert abs(b["amplitude"] - a["amplitude"]) < 1e-3 * a["amplitude"]  # sustained, not decaying
+    assert abs(b["period_ms"] - a["period_ms"]) < 0.01 * a["period_ms"]
+    assert 0.05 < b["frequency_hz"] < 0.2
