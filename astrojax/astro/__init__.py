@@ -1,9 +1,16 @@
 """Biophysical astrocytes: Li--Rinzel calcium dynamics as in NEST's ``astrocyte_lr_1994``.
 
-Self-contained (it does not use the neuron--astrocyte attention network); see
-:mod:`astrojax.astro.li_rinzel` for the equations, parameters and references.
-"""
+Self-contained (it does not use the neuron--astrocyte attention network):
 
+- :mod:`astrojax.astro.li_rinzel`: the model (equations, parameters, references) and its
+  Diffrax simulation;
+- :mod:`astrojax.astro.oscillations`: steady state, Hopf points and oscillation features
+  at constant IP3;
+- :mod:`astrojax.astro.fluorescence`: a GCaMP-like observation model (calcium -> dF/F).
+"""
+from .fluorescence import FluorescenceTrace, IndicatorParams, bound_fraction, observe_fluorescence
+
+from .oscillations import hopf_points, oscillation_features, steady_state, steady_state_eigenvalues
 from .li_rinzel import (
     NEST_DEFAULTS,
     NEST_INITIAL_STATE,
@@ -32,4 +39,12 @@ __all__ = [
     "PARAM_NAMES",
     "NEST_DEFAULTS",
     "NEST_INITIAL_STATE",
+    "steady_state",
+    "steady_state_eigenvalues",
+    "hopf_points",
+    "oscillation_features",
+    "IndicatorParams",
+    "FluorescenceTrace",
+    "bound_fraction",
+    "observe_fluorescence",
 ]
