@@ -67,16 +67,21 @@ def steady_state_eigenvalues(params: LiRinzelParams, IP3):
 def hopf_points(params: LiRinzelParams, lo=0.0, hi=3.0, n=601, tol=1e-10):
     """IP3 values (µM, sorted numpy array) in ``[lo, hi]`` where the real part of the steady
     state's eigenvalues changes sign: grid of ``n`` points, each bracket refined by bisection."""
-    f = jax.jit(jax.vmap(lambda x: jnp.max(steady_state_eigenvalues(params, x).real)))
+    dtype = params.Ca_tot.dtype
+    g = jax.jit(lambda x: jnp.max(steady_state_eigenvalues(params, x).real))  # one compile, scalar calls
+
+    def re(x):
+        return float(g(jnp.asarray(x, dtype)))
+
     grid = np.linspace(lo, hi, n)
-    re = np.asarray(f(jnp.asarray(grid)))
+    vals = np.array([re(x) for x in grid])
     out = []
-    for i in np.nonzero(np.sign(re[:-1]) != np.sign(re[1:]))[0]:
+    for i in np.nonzero(np.sign(vals[:-1]) != np.sign(vals[1:]))[0]:
         a, b = grid[i], grid[i + 1]
-        sa = np.sign(re[i])
+        sa = np.sign(vals[i])
         while b - a > tol:
             m = 0.5 * (a + b)
-            if np.sign(float(f(jnp.asarray([m]))[0])) == sa:
+            if np.sign(re(m)) == sa:
                 a = m
             else:
                 b = m
