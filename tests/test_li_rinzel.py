@@ -146,6 +146,21 @@ def test_rate_input_matches_scipy():
         assert _max_rel(getattr(out, name), ref[row]) < 1e-6, name
 
 
+def test_vector_field_matches_reference_equations():
+    """Pointwise, at random states (calcium also outside [0, Ca_tot], where NEST clips), with
+    a continuous drive J_syn and a calcium current J_noise."""
+    from astrojax.astro import li_rinzel_vector_field
+
+    rng = np.random.default_rng(0)
+    P = {k: v * float(rng.uniform(0.8, 1.25)) for k, v in DEFAULTS.items()}
+    p = LiRinzelParams(**P)
+    for ip3, ca, h in [(0.3, 0.1, 0.7), (1.2, 0.6, 0.2), (0.05, -0.01, 0.9), (0.5, 2.6, 0.5)]:
+        ref = reference_rhs(P, rate=0.7)(0.0, [ip3, ca, h])
+        ref[1] += 1e-4  # J_noise
+        d = li_rinzel_vector_field(0.0, LiRinzelState(*map(jnp.asarray, (ip3, ca, h))), p, J_syn=0.7, J_noise=1e-4)
+        np.testing.assert_allclose([float(d.IP3), float(d.Ca_astro), float(d.h_IP3R)], ref, rtol=1e-13, atol=1e-18)
+
+
 def test_ip3_closed_form_jumps_are_right_continuous():
     p = LiRinzelParams()
     ts = jnp.asarray([9.999, 10.0, 10.001, 20.0])
@@ -228,7 +243,8 @@ def test_step_budget_exhaustion_is_reported_not_silent():
         (lambda: LiRinzelParams(rate_SERCA=-1.0), "rate_SERCA"),
         (lambda: LiRinzelParams().replace(tau_ip3=1.0), "unknown parameter"),
         (lambda: SpikeInput([1.0, 2.0], [1.0, -1.0]), "weights"),
-        (lambda: SpikeInput([[1.0]]), "times"),
+        (lambda: SpikeInput([[[1.0]]]), "times"),
+        (lambda: simulate_li_rinzel(LiRinzelParams(), SpikeInput([[1.0], [2.0]]), jnp.asarray([1.0])), "vmap"),
         (lambda: RateInput([0.0, 1.0], [1.0, 2.0]), "edges"),
         (lambda: simulate_li_rinzel(LiRinzelParams(), None, jnp.asarray([2.0, 1.0])), "sorted"),
         (lambda: simulate_li_rinzel(LiRinzelParams(), None, jnp.asarray([1.0]), t0=5.0), "t0"),

@@ -299,9 +299,9 @@ class SpikeInput(eqx.Module):
     """Spikes arriving at the astrocyte: arrival times (ms; spike time + synaptic delay) and
     weights (>= 0; NEST rejects negative weights). Each increments IP3 by ``delta_IP3 * w``.
 
-    For static shapes (jit, vmap over astrocytes with different trains) pad with any time
-    after the end of the simulation (or weight 0); ``SpikeInput.from_lists`` does this.
-    Times need not be sorted.
+    ``times`` has shape ``(K,)`` for one astrocyte, or ``(n, K)`` for a batch to ``jax.vmap``
+    over. For static shapes pad with any time after the end of the simulation (or weight 0);
+    ``SpikeInput.from_lists`` stacks ragged trains that way. Times need not be sorted.
     """
 
     times: jax.Array
@@ -309,22 +309,25 @@ class SpikeInput(eqx.Module):
 
     def __init__(self, times, weights=1.0):
         times = as_array("times", times)
-        if times.ndim != 1:
-            raise ValueError(f"`times` must be a 1-D array of spike arrival times (ms), got shape {times.shape}")
+        if times.ndim not in (1, 2):
+            raise ValueError(
+                f"`times` must be a 1-D array of spike arrival times (ms), or 2-D (astrocytes, spikes) for vmap; "
+                f"got shape {times.shape}"
+            )
         weights = jnp.broadcast_to(jnp.asarray(weights, times.dtype), times.shape) if np.ndim(weights) == 0 \
-            else as_array("weights", weights, ndim=1)
+            else as_array("weights", weights)
         if weights.shape != times.shape:
-            raise ValueError(f"`weights` must have the shape of `times` {times.shape}, got {weights.shape}")
+            raise ValueError(f"`weights` must be a scalar or have the shape of `times` {times.shape}, got {weights.shape}")
         check_finite("times", times)
         check_nonnegative("weights", weights)
-        order = jnp.argsort(times)
-        self.times = times[order]
-        self.weights = weights[order].astype(times.dtype)
+        self.times = times
+        self.weights = weights.astype(times.dtype)
 
     @classmethod
-    def from_lists(cls, trains, weights=1.0, dtype=None):
-        """Stack ragged spike trains (list of 1-D arrays, ms) into a batch padded with +inf-like
-        times (``finfo.max``) and zero weights; returns a SpikeInput with (n, K) fields (vmap it)."""
+    def from_lists(cls, trains, weights=1.0, dtype=None) -> "SpikeInput":
+        """Stack ragged spike trains (list of 1-D arrays, ms) into an ``(n, K)`` batch padded
+        with huge times (``finfo.max / 4``, after any simulation end) and zero weights.
+        ``weights``: a scalar, or one scalar per train."""
         dtype = dtype or jnp.result_type(float)
         K = max(1, max(len(tr) for tr in trains))
         big = float(np.finfo(np.dtype(dtype)).max) / 4
@@ -332,11 +335,8 @@ class SpikeInput(eqx.Module):
         W = np.zeros((len(trains), K))
         for i, tr in enumerate(trains):
             T[i, : len(tr)] = tr
-            W[i, : len(tr)] = np.broadcast_to(weights if np.ndim(weights) == 0 else weights[i], (len(tr),))
-        out = object.__new__(cls)
-        object.__setattr__(out, "times", jnp.asarray(T, dtype))
-        object.__setattr__(out, "weights", jnp.asarray(W, dtype))
-        return out
+            W[i, : len(tr)] = weights if np.ndim(weights) == 0 else weights[i]
+        return cls(jnp.asarray(T, dtype), jnp.asarray(W, dtype))
 
 
 class RateInput(eqx.Module):
@@ -500,7 +500,6 @@ def simulate_li_rinzel(
     dt0=None,
     max_steps: int = 200_000,
     adjoint: dfx.AbstractAdjoint | None = None,
-    J_noise=0.0,
 ) -> LiRinzelSolution:
     """Simulate one Li--Rinzel astrocyte from ``t0`` and return its traces at ``ts`` (ms).
 
@@ -519,7 +518,6 @@ def simulate_li_rinzel(
     - ``max_steps``: Diffrax step budget (an exhausted budget gives a non-successful
       ``result``, not an exception).
     - ``adjoint``: default ``RecursiveCheckpointAdjoint()`` (reverse-mode gradients).
-    - ``J_noise``: constant calcium current (µM/ms) added to ``dCa_astro/dt``.
 
     ``jit``, ``vmap`` (over params, inputs or ``y0``) and ``grad`` apply. IP3 is the exact
     solution of its linear equation; ``Ca_astro`` and ``h_IP3R`` are integrated with a
@@ -540,6 +538,12 @@ def simulate_li_rinzel(
     dtype = ts.dtype
     params = params.astype(dtype)
     inputs = tuple(jax.tree.map(lambda x: jnp.asarray(x, dtype), i) for i in _as_inputs(inputs))
+    for i in inputs:
+        if isinstance(i, SpikeInput) and i.times.ndim != 1:
+            raise ValueError(
+                f"`inputs`: SpikeInput.times must be 1-D for one astrocyte, got shape {i.times.shape}; "
+                "jax.vmap over the leading axis of a batch"
+            )
     if solver is None:
         solver = dfx.Tsit5()
     d_rtol, d_atol = _DEFAULT_TOL[jnp.dtype(dtype).itemsize]
@@ -556,7 +560,7 @@ def simulate_li_rinzel(
     def vf(t, y, args):
         ca, h = y
         ip3 = ip3_of_t(t)
-        d = li_rinzel_vector_field(t, LiRinzelState(ip3, ca, h), params, J_noise=J_noise)
+        d = li_rinzel_vector_field(t, LiRinzelState(ip3, ca, h), params)
         return d.Ca_astro, d.h_IP3R
 
     controller = dfx.PIDController(
