@@ -13,28 +13,33 @@ What is measured (all through the public API: ``astrojax.simulate_attention`` wi
    with a PID controller, and fixed-step Heun), by scipy's ``solve_ivp`` (the
    independent reference of ``tests/scipy_reference.py``, explicit RK45) and by Brian2
    (numpy code generation, only if ``brian2`` imports), at a small size (batch 1,
-   T = 64, m = 256), forward only, with the read-out error of each against a tight solve.
+   T = 64, m = 256), forward only, with the read-out error of each against the tight
+   solve of 3.
 3. **accuracy** -- read-out error (max-norm relative, ``max|y - y_ref| / max|y_ref|``)
    of the fast path (float32, and float64 to separate discretisation from rounding)
    against a tight float64 Diffrax solve of the same ODE (Tsit5, rtol 1e-10, atol 1e-12,
    computed in a child process with x64 enabled) for N(0, 1) inputs at the default
-   parameters (tau = 0.02), both protocols, m = 256 (T = 128) and m = 4096 (T = 32).
+   parameters (tau = 0.02), both protocols, m = 256 (T = 64, batch 4; largest per-sample
+   error) and m = 4096 (T = 32, batch 1).
 4. **scaling** -- forward time against T (64 ... 8192; batch 1, m = 256) and against m
-   (64 ... 4096; T = 256) for the fast path and both closed forms (the T x T form only
-   while it stays under a time budget), with a least-squares power-law exponent of the
-   forward time over T = 256 ... 8192.
+   (64 ... 4096; T = 256) for the fast path and both closed forms (a method whose median
+   exceeds a time budget, 1.5 s, is not run at the larger sizes), with the compiled
+   temporary memory of each, and a least-squares power-law exponent of the forward time
+   over T = 256 ... 8192.
 
-Timing: every function is compiled ahead of time (``jax.jit(f).lower(...).compile()``:
-the compile time reported) and then timed *interleaved*: in each round every function
-of a group runs (in a rotated order) ``n_inner`` times, ``n_inner`` chosen so a round
-takes ~30 ms per function; reported times are medians over all calls, and a ratio is the
-median over rounds of the per-round ratio of the two functions' medians (pairs measured
-seconds apart, so load changes on a shared machine cancel). scipy and Brian2 run the
-ODE only (features precomputed); they have no compile step.
+Timing: every function is compiled ahead of time (``jax.jit(f).lower(...).compile()``;
+that is the compile time reported) and run once untimed; then the functions of a group
+are timed *interleaved*: in each round every function (in a rotated order) is called
+until 50 ms have passed (at least once, at most 50 times). Reported times are medians
+over all calls; a ratio is the median over rounds of the per-round ratio of the two
+functions' medians (measured seconds apart, so load changes on a shared machine mostly
+cancel). scipy and Brian2 are given the features and time the ODE only; they have no
+compile step. The JSON also keeps the minima, the call counts and the load average.
 
     python experiments/bench/bench_core.py --check   # closed-form + reference self-tests (float64)
-    python experiments/bench/bench_core.py --quick   # small sizes, < 2 min -> results/core_quick.json
-    python experiments/bench/bench_core.py           # full run -> results/core.json, core_scaling.png
+    python experiments/bench/bench_core.py --quick   # small sizes (~1 CPU-minute) -> results/core_quick.json
+    python experiments/bench/bench_core.py           # full run (~4 CPU-minutes) -> results/core.json,
+                                                     #   results/core_scaling.png
     python experiments/bench/make_readme_table.py    # results/core.json -> results/core_table.md
 """
 
@@ -148,10 +153,13 @@ def write_delay(protocol: str) -> float:
 
 
 def rel_err(y, ref):
-    """Max-norm relative error ``max|y - ref| / max|ref|`` (NaN anywhere -> nan)."""
+    """Max-norm relative error ``max|y - ref| / max|ref|`` (NaN anywhere -> nan); for
+    batched ``(B, T, Dv)`` arrays the largest over the batch of each sample's error."""
     y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
     if not np.all(np.isfinite(y)):
         return float("nan")
+    if y.ndim == 3:
+        return max(rel_err(a, b) for a, b in zip(y, ref))
     return float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
 
 
@@ -278,7 +286,7 @@ def reference_worker(in_path, out_path):
         y64, _ = _block(jax.jit(head_fn("sim", c["protocol"], "fast"))(q, k, v, W, P))
         out[f"{i}_y_ref"], out[f"{i}_a_ref"], out[f"{i}_y_fast64"] = map(np.asarray, (y_ref, a_ref, y64))
         out[f"{i}_seconds"] = np.asarray(t1 - t0)
-        print(f"  reference {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d}: {t1 - t0:.1f} s "
+        print(f"  reference {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d} batch {c['batch']}: {t1 - t0:.1f} s "
               "(compile + tight solve)", flush=True)
     np.savez(out_path, **out)
 
@@ -293,7 +301,7 @@ def references(cases):
         for i, c in enumerate(cases):
             for n in "qkvW":
                 arrays[f"{i}_{n}"] = np.asarray(c[n])
-            meta.append({k: c[k] for k in ("protocol", "m", "T")})
+            meta.append({k: c[k] for k in ("protocol", "m", "T", "batch")})
         np.savez(inp, cases=json.dumps(meta), **arrays)
         env = dict(os.environ, JAX_ENABLE_X64="1")
         subprocess.run([sys.executable, os.path.abspath(__file__), "--reference-worker", inp, outp],
@@ -404,12 +412,12 @@ def peer_specs(cfg):
 
 
 def make_cases(cfg, key):
-    """Accuracy problems (batch 1, float32 N(0, 1) inputs); the peers run on the first."""
+    """Accuracy problems (float32 N(0, 1) inputs); the peers run on the first sample of the first."""
     cases = []
     for protocol in PROTOCOLS:
-        for m, T in cfg["acc_cases"]:
-            q, k, v, W, _ = inputs(jax.random.fold_in(key, 100000 * m + T), 1, T, cfg["D"], m)
-            cases.append(dict(protocol=protocol, m=m, T=T, q=q, k=k, v=v, W=W))
+        for m, T, B in cfg["acc_cases"]:
+            q, k, v, W, _ = inputs(jax.random.fold_in(key, 100000 * m + T), B, T, cfg["D"], m)
+            cases.append(dict(protocol=protocol, m=m, T=T, batch=B, q=q, k=k, v=v, W=W))
     return cases
 
 
@@ -417,13 +425,13 @@ def run_peers(cfg, cases):
     """Closed forms, fast path, Diffrax, scipy (and Brian2) on one small problem per protocol."""
     rows = []
     specs = peer_specs(cfg)
-    m, T = cfg["acc_cases"][0]
+    m, T, _ = cfg["acc_cases"][0]
     b2_missing = False
     for c in cases:
         if (c["m"], c["T"]) != (m, T):
             continue
         protocol = c["protocol"]
-        args = (c["q"], c["k"], c["v"], c["W"], aj.NeuronAstrocyteParams(dtype=jnp.float32))
+        args = (c["q"][:1], c["k"][:1], c["v"][:1], c["W"], aj.NeuronAstrocyteParams(dtype=jnp.float32))
         q, k, v, W, _ = args
         calls, comp, infos, ys = {}, {}, {}, {}
         for kind in ("closed_linear", "closed_TxT", "fast"):
@@ -466,20 +474,18 @@ def run_accuracy(cfg, cases, peer_rows):
     peers = {(r["protocol"], r["m"], r["T"]): r for r in peer_rows}
     for c, r in zip(cases, refs):
         pr = peers.get((c["protocol"], c["m"], c["T"]))
-        if pr is not None:  # same inputs: reuse the peers' forward outputs
-            y32, ycl = pr["_ys"]["fast"], pr["_ys"]["closed_TxT"]
+        if pr is not None:  # the peers ran on sample 0 of these inputs
             pr["y_err_vs_tight"] = {n: rel_err(y, r["y_ref"][0]) for n, y in pr.pop("_ys").items()}
             log(f"[peers] {pr['protocol']}: read-out error vs tight: "
                 + ", ".join(f"{n} {e:.1e}" for n, e in pr["y_err_vs_tight"].items()))
-        else:
-            args = (c["q"], c["k"], c["v"], c["W"], aj.NeuronAstrocyteParams(dtype=jnp.float32))
-            y32 = np.asarray(jax.jit(head_fn("sim", c["protocol"], "fast"))(*args)[0])
-            ycl = np.asarray(jax.jit(head_fn("closed_TxT", c["protocol"]))(*args)[0])
-        row = dict(protocol=c["protocol"], m=c["m"], T=c["T"], batch=1, D=cfg["D"],
+        args = (c["q"], c["k"], c["v"], c["W"], aj.NeuronAstrocyteParams(dtype=jnp.float32))
+        y32 = np.asarray(jax.jit(head_fn("sim", c["protocol"], "fast"))(*args)[0])
+        ycl = np.asarray(jax.jit(head_fn("closed_TxT", c["protocol"]))(*args)[0])
+        row = dict(protocol=c["protocol"], m=c["m"], T=c["T"], batch=c["batch"], D=cfg["D"],
                    fast_f32_err=rel_err(y32, r["y_ref"]), fast_f64_err=rel_err(r["y_fast64"], r["y_ref"]),
                    closed_form_err=rel_err(ycl, r["y_ref"]), reference_s=r["seconds"])
         rows.append(row)
-        log(f"[accuracy] {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d}: fast f32 {row['fast_f32_err']:.2e}, "
+        log(f"[accuracy] {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d} batch {c['batch']}: fast f32 {row['fast_f32_err']:.2e}, "
             f"fast f64 {row['fast_f64_err']:.2e}, closed form (timescale limit) {row['closed_form_err']:.2e}")
     return rows
 
@@ -541,6 +547,16 @@ def run_scaling(cfg, key):
     return out
 
 
+def _ticks(ax, xs):
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    xs = sorted(set(xs))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+
+
 def plot_scaling(sc, path):
     import matplotlib
 
@@ -562,6 +578,7 @@ def plot_scaling(sc, path):
         r0 = rows[0]
         ax.set(title=f"{protocol}: batch 1, m = {r0['m']}, D = Dv = {r0['D']}", xlabel="T (tokens)",
                ylabel="forward time (ms)")
+        _ticks(ax, [r["T"] for r in rows])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[2]
@@ -574,6 +591,7 @@ def plot_scaling(sc, path):
     if sc["m"]:
         ax.set(title=f"m-scaling: batch 1, T = {sc['m'][0]['T']}", xlabel="m (hidden neurons)",
                ylabel="forward time (ms)")
+        _ticks(ax, [r["m"] for r in sc["m"]])
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -641,7 +659,7 @@ def check():
 FULL = dict(
     D=32, repeats=15,
     main_batch=8, main_T=128, main_m=[256, 4096],
-    acc_cases=[(256, 64), (4096, 32)],  # (m, T); the peers run on the first
+    acc_cases=[(256, 64, 4), (4096, 32, 1)],  # (m, T, batch); the peers run on sample 0 of the first
     peer_solvers=["diffrax_tsit5_pid", "diffrax_heun_fixed"], peer_repeats=3, peer_rtol=1e-6, peer_atol=1e-8,
     heun_dt0=0.002, brian2_dt=0.01, brian2_repeats=1,
     scale_T=[64, 128, 256, 512, 1024, 2048, 4096, 8192], scale_T_m=256,
@@ -651,7 +669,7 @@ FULL = dict(
 QUICK = dict(
     FULL, repeats=5,
     main_batch=2, main_T=64, main_m=[256],
-    acc_cases=[(256, 16)],
+    acc_cases=[(256, 16, 2)],
     peer_solvers=["diffrax_tsit5_pid"], peer_repeats=2,
     scale_T=[128, 1024], scale_m=[256, 2048], scale_m_T=128,
     scale_repeats=3, scale_budget_s=0.3, fit_T=(128, 1024),
@@ -702,7 +720,7 @@ def _ver(mod):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 min)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (~1 CPU-minute)")
     ap.add_argument("--check", action="store_true", help="run the float64 self-tests and exit")
     ap.add_argument("--sections", nargs="+", default=["main", "peers", "accuracy", "scaling"],
                     choices=["main", "peers", "accuracy", "scaling"])
