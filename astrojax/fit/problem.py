@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ..dynamics import PARAM_NAMES, NeuronAstrocyteParams
 from .model import Episode, ODESettings, default_readout, make_episode, simulate_traces
@@ -188,7 +188,7 @@ def build_problem(
     feature_seed: int = 0,
     settings: ODESettings | None = None,
     dtype=None,
-):
+) -> tuple[FitProblem, Float[np.ndarray, " p"], dict]:
     """Check the fitting arguments against ``recording`` and build a :class:`FitProblem`.
 
     Returns ``(problem, z0, info)`` with ``z0`` the unconstrained initial vector and
@@ -404,7 +404,8 @@ def residual_vector(problem: FitProblem, z: Float[Array, " p"]) -> Float[Array, 
     return problem.residuals(z)
 
 
-def residual_jacobian(problem: FitProblem, z) -> tuple[Float[Array, "rows p"], Float[Array, " rows"]]:
+def residual_jacobian(problem: FitProblem, z: Float[ArrayLike, " p"]) -> tuple[Float[Array, "rows p"],
+                                                                               Float[Array, " rows"]]:
     """``(J, r)``: Jacobian (``jacfwd`` or ``jacrev`` per the problem's settings) and
     value of the weighted residuals at the unconstrained vector ``z`` (jitted). The
     gradient of the loss ``0.5 |r|^2`` is ``J.T @ r``."""

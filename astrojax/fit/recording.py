@@ -55,6 +55,7 @@ import os
 import re
 
 import numpy as np
+from jaxtyping import Float
 
 from ..protocol import PROTOCOLS
 
@@ -93,16 +94,16 @@ class Recording:
     docstring); ``W`` the hidden-neuron input weights or None (then the fit draws them).
     """
 
-    t: np.ndarray
+    t: Float[np.ndarray, " N"]
     window: float
     protocol: str
-    q: np.ndarray
-    k: np.ndarray
-    v: np.ndarray
+    q: Float[np.ndarray, "T D"]
+    k: Float[np.ndarray, "T D"]
+    v: Float[np.ndarray, "T Dv"]
     observed: dict
     write_delay: float = 0.2
     t_start: float = 0.0
-    W: np.ndarray | None = None
+    W: Float[np.ndarray, "m D"] | None = None
     readout: dict = dataclasses.field(default_factory=dict)
     truth: dict = dataclasses.field(default_factory=dict)
     noise: dict = dataclasses.field(default_factory=dict)

@@ -13,6 +13,7 @@ import warnings as _warnings
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from ..dynamics import TIME_CONSTANTS
 from .stats import delta_method, fisher_covariance, residual_variances
@@ -58,9 +59,9 @@ class FitResult:
     stderr: dict
     stderr_unconstrained: dict
     transforms: dict
-    cov_unconstrained: np.ndarray
+    cov_unconstrained: Float[np.ndarray, "p p"]
     loss: float
-    history: np.ndarray
+    history: Float[np.ndarray, "iterations restarts"]
     restarts: list
     best_restart: int
     noise: dict
@@ -75,9 +76,9 @@ class FitResult:
     observed: tuple = ()
     reweighted: bool = False  # a second pass with the estimated noise levels as weights
     passes: list = dataclasses.field(default_factory=list)  # history rows of each pass
-    z: np.ndarray | None = None  # the best unconstrained free vector
-    jacobian: np.ndarray | None = None  # (rows, p) Jacobian of the weighted residuals at z
-    residuals: np.ndarray | None = None  # weighted residuals at z
+    z: Float[np.ndarray, " p"] | None = None  # the best unconstrained free vector
+    jacobian: Float[np.ndarray, "rows p"] | None = None  # (rows, p) Jacobian of the weighted residuals at z
+    residuals: Float[np.ndarray, " rows"] | None = None  # weighted residuals at z
 
     def compare_truth(self) -> dict:
         """For each free parameter with a known true value: fitted value, truth,

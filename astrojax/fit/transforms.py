@@ -94,7 +94,7 @@ class Free:
             "identity": lambda: z,
         }[self.kind]()
 
-    def unconstrain(self, theta) -> np.ndarray:
+    def unconstrain(self, theta) -> np.ndarray | np.floating:
         """``z(theta)`` (numpy, float64): the inverse of :meth:`constrain`."""
         lo, hi = self.lo, self.hi
         theta = np.asarray(theta, np.float64)
@@ -112,7 +112,7 @@ class Free:
             return np.log(hi - theta)
         return theta
 
-    def dtheta_dz(self, z) -> np.ndarray:
+    def dtheta_dz(self, z) -> np.ndarray | np.floating:
         """``dtheta/dz`` (numpy); the delta method uses its absolute value."""
         lo, hi = self.lo, self.hi
         z = np.asarray(z, np.float64)
