@@ -627,7 +627,7 @@ def test_progress_bar_counts_restarts_and_excludes_compilation(monkeypatch):
     assert bar.bar.n == 1 and "iteration 10/200" in text and "best loss 3" in text
     assert "0.1 s/it" in text and "at most 19 s left" in text, text
     with FitProgress.active(bar):
-        FitProgress.update_active(np.int32(11), np.int32(4), np.array([2.0, 3.0, 4.0, 5.0]), None)
+        FitProgress.update_active(np.int32(12), np.int32(4), np.array([2.0, 3.0, 4.0, 5.0]))
         assert bar.bar.n == 4 and bar.iteration == 12
     assert FitProgress._current is None
     adam = FitProgress("fit (adam)", kind="steps", restarts=4, max_iters=500, file=io.StringIO())

@@ -155,7 +155,9 @@ def fit_recording(
         settings: :class:`~astrojax.fit.ODESettings` of the simulator.
         dtype: float dtype (default: float64 if ``jax_enable_x64`` else float32).
         stimulus: ``.npz`` with the stimulus when ``recording`` is a CSV path.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar on stderr (:class:`~astrojax.fit.progress.FitProgress`):
+            finished restarts and the iteration for LM/GN, steps for Adam; time
+            estimates measured after compilation.
 
     Returns:
         :class:`FitResult`.

@@ -71,12 +71,12 @@ class FitProgress:
         self.bar.refresh()
 
     @classmethod
-    def update_active(cls, i, finished, losses, done) -> None:
-        """Callback of the compiled least-squares loop: call ``i`` (0-based) has applied
-        iteration ``i + 1`` to the restarts not yet ``done``."""
+    def update_active(cls, iteration, finished, losses) -> None:
+        """Callback of the compiled least-squares loop (to the bar made active by
+        :meth:`active`): ``iteration`` iterations done, ``finished`` restarts stopped."""
         bar = cls._current
         if bar is not None:
-            bar.update(int(i) + 1, int(finished), losses)
+            bar.update(int(iteration), int(finished), losses)
 
     def _postfix(self, now) -> str:
         parts = []

@@ -159,7 +159,7 @@ def _lsq_batch(problem: FitProblem, solver, z0s, max_iters: int, progress: bool)
         conv = jnp.where(active, term & ok, conv)
         stopping = stopping | (active & (term | ~ok | (nsteps >= max_iters)))
         if progress:
-            jax.debug.callback(FitProgress.update_active, i, jnp.sum(done), loss, done)
+            jax.debug.callback(FitProgress.update_active, jnp.max(nsteps), jnp.sum(done), loss)
         return i + 1, dyn, stopping, done, conv, nsteps, hist, aux_last
 
     carry = (jnp.asarray(0), dyn, jnp.zeros(R, bool), jnp.zeros(R, bool), jnp.zeros(R, bool),
