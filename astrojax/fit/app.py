@@ -352,12 +352,10 @@ def run_record(cfg, out_dir: str):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from .._io import save_json
+    from .._io import check_writable, load_inputs, save_json
     from .model import ODESettings
     from .recording import save_recording, save_trace_csv
     from .synth import synthesize
-
-    from .._io import check_writable, load_inputs
 
     q = k = v = W = None
     if c["inputs"]:
