@@ -489,7 +489,9 @@ def train_gpt_teacher(config: GPTTrainConfig = GPTTrainConfig(), *, progress: bo
     ``info`` (JSON-serialisable): ``heldout_perplexity`` and ``unigram_heldout_perplexity``
     (the same held-out targets), ``heldout_bits_per_char``, ``train_perplexity`` (on the
     first held-out-sized stretch of the training stream), ``final_loss`` (mean of the last
-    50 steps), ``num_parameters``, split sizes, ``seconds``, ``config`` and ``config_hash``.
+    50 steps), ``num_parameters``, split sizes, ``train_seconds`` (wall) and
+    ``train_cpu_seconds`` (process CPU time, all threads), ``seconds``, ``config`` and
+    ``config_hash``.
     """
     from tqdm.auto import tqdm
 
@@ -502,7 +504,7 @@ def train_gpt_teacher(config: GPTTrainConfig = GPTTrainConfig(), *, progress: bo
     if data["train"].shape[0] < T + 1:
         raise ValueError(f"the training split ({data['train'].shape[0]} characters) is shorter than one window "
                          f"of context_length + 1 = {T + 1}")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     chunk = min(50, config.steps)
     with jax.enable_x64(False):
         k_init, k_train = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -524,7 +526,7 @@ def train_gpt_teacher(config: GPTTrainConfig = GPTTrainConfig(), *, progress: bo
                 bar.update(n)
                 bar.set_postfix(loss=f"{loss.mean():.3f}")
         model = eqx.combine(params, static)
-        train_s = time.perf_counter() - t0
+        train_s, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         held = evaluate_gpt(model, data["heldout"])
         train_eval = evaluate_gpt(model, data["train"][: data["heldout"].shape[0]])
     info = {
@@ -539,6 +541,7 @@ def train_gpt_teacher(config: GPTTrainConfig = GPTTrainConfig(), *, progress: bo
         "train_documents": len(data["train_docs"]),
         "num_parameters": int(sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_array)))),
         "train_seconds": round(train_s, 3),
+        "train_cpu_seconds": round(train_cpu, 3),  # summed over threads: wall time on idle cores ~ this / cores
         "seconds": round(time.perf_counter() - t0, 3),
         "config": config.to_dict(),
         "config_hash": config_hash(config),
@@ -546,7 +549,7 @@ def train_gpt_teacher(config: GPTTrainConfig = GPTTrainConfig(), *, progress: bo
     return model, info
 
 
-@functools.partial(eqx.filter_jit)
+@eqx.filter_jit
 def _window_nll(model, inputs, targets, weights):
     logp = jax.nn.log_softmax(jax.vmap(model)(inputs))
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -896,6 +899,7 @@ def run_teacher_gpt(cfg, out_dir) -> dict:
         raise ConfigError(f"config key `out`: expected a file path, got the directory {out}")
     cached = (out or gpt_cache_path(config)).is_file() and not force
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     try:
         model, info, path = gpt_teacher(config, path=out, force=force)
     except TeacherError as e:
@@ -905,6 +909,10 @@ def run_teacher_gpt(cfg, out_dir) -> dict:
     metrics = {k: v for k, v in info.items()}
     metrics["model_file"] = path.name  # no absolute path in a result file
     metrics["loaded_from_cache"] = bool(cached)
+    metrics["machine"] = {  # context for the timings: other processes share the CPUs
+        "backend": jax.default_backend(), "cpus": os.cpu_count(), "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     if s["steps"]:
         metrics["sample"] = {
             **s,
