@@ -1,8 +1,8 @@
 """The GPT (decoder) teacher: tokenizer, configs, data split, model against a numpy
 reference, causality, incremental generation, training, files, cache and command line.
 
-Everything runs on a tiny config (2 layers, width 32, 32 positions) trained for 150 steps
-once per module (about 10-20 s, most of it compilation)."""
+Everything runs on a tiny config (2 layers, width 32, 32 positions) trained for 400 steps
+once per module (about 15 s)."""
 
 import hashlib
 import json
@@ -45,7 +45,7 @@ from astrojax.teachers._gpt import (
 )
 
 TINY_MODEL = GPTConfig(context_length=32, d_model=32, num_heads=2, num_layers=2, d_ff=64)
-TINY = GPTTrainConfig(model=TINY_MODEL, steps=150, batch_size=16, learning_rate=3e-3, warmup_steps=10)
+TINY = GPTTrainConfig(model=TINY_MODEL, steps=400, batch_size=16, learning_rate=3e-3, warmup_steps=10)
 CONF = pathlib.Path(__file__).resolve().parent.parent / "astrojax" / "conf" / "teacher_gpt.yaml"
 
 
@@ -322,7 +322,7 @@ def test_tiny_model_beats_unigram_on_heldout(tiny, data):
     model, info = tiny
     uni = unigram_perplexity(data["train"], data["heldout"])
     assert info["unigram_heldout_perplexity"] == uni
-    assert info["heldout_perplexity"] < 0.75 * uni  # measured ~ 0.5 x
+    assert info["heldout_perplexity"] < 0.75 * uni  # measured 12.19 vs 24.05 (0.51 x)
     assert info["heldout_bits_per_char"] == pytest.approx(math.log2(info["heldout_perplexity"]))
     assert info["config"] == TINY.to_dict() and info["config_hash"] == config_hash(TINY)
     assert info["heldout_characters"] == len(data["heldout"]) and info["train_characters"] == len(data["train"])

@@ -16,8 +16,9 @@ Design choices:
   hold ~95 % of a model this small and dominate its CPU training time, and a student
   distilled on next-token distributions would have to match 30522-way softmaxes; with
   characters the whole vocabulary costs 2 x 98 x d parameters. The price is longer
-  sequences (~4.5 characters per wordpiece), which the O(T) causal protocol handles.
-- **Learned absolute position embeddings** (``context_length`` of them, 256 by default).
+  sequences (4.1 characters per MiniLM wordpiece on this corpus), which the O(T) causal
+  protocol handles.
+- **Learned absolute position embeddings** (``context_length`` of them, 128 by default).
 - **Untied output head**: a separate ``Linear(d_model, vocab)`` with bias after a final
   LayerNorm (tying saves only 98 x d parameters here, and an untied head keeps the
   student's weight transfer a plain copy).
@@ -175,8 +176,10 @@ def _from_dict(cls, d, what):
 class GPTConfig:
     """Shape of a :class:`GPT` (everything needed to rebuild its skeleton).
 
-    ``num_heads`` must divide ``d_model``. The defaults (4 layers, 4 heads of width 32,
-    256 positions, ~0.8 M parameters) are the ``astrojax teacher-gpt`` model.
+    ``num_heads`` must divide ``d_model``. The defaults (4 layers, 4 heads of width 16,
+    128 positions, 220,898 parameters) are the ``astrojax teacher-gpt`` model: held-out
+    perplexity 4.47 per character against the unigram model's 24.05
+    (experiments/teacher_gpt).
     """
 
     vocab_size: int = CharTokenizer.vocab_size
