@@ -123,7 +123,7 @@ class SaveAt(eqx.Module):
     window_ends: bool = eqx.field(static=True, default=True)
     trace: bool = eqx.field(static=True, default=False)
     ts: Any = None
-    fn: Callable | None = eqx.field(static=True, default=None)
+    fn: Callable | None = None
 
 
 class Solution(eqx.Module):
@@ -356,18 +356,21 @@ def _y_coeffs_n(P, a0, P1, P2, g, n_sub, end=1.0):
     shape = jnp.broadcast_shapes(jnp.shape(a0), jnp.shape(end), jnp.shape(P1), jnp.shape(g))
     end = jnp.broadcast_to(end, shape)
     edges = _mesh(P, n_sub, end, _a_of_s(end, a0, P1, P2, P, g))
-    logphi = jnp.zeros(shape, P.tau_h.dtype)
-    c1 = jnp.zeros_like(logphi)
-    c2 = jnp.zeros_like(logphi)
-    for k in range(n_sub):
-        s0, dt = edges[..., k], edges[..., k + 1] - edges[..., k]
+    zero = jnp.zeros(shape, P.tau_h.dtype)
+
+    def step(carry, e):  # one sub-step (a lax.scan keeps the compiled graph small)
+        logphi, c1, c2 = carry
+        s0, dt = e[0], e[1] - e[0]
         abar = 0.5 * sum(_a_of_s(s0 + x * dt, a0, P1, P2, P, g) for x in _GL)
         x = jnp.maximum(abar, 0.0) * dt / P.tau_y
         decay = jnp.exp(-x)
         w = g * dt / P.tau_y
         c1 = decay * c1 + w * jnp.exp(-kH * s0) * _dd(kH * dt, x)
         c2 = decay * c2 + w * jnp.exp(-r2 * s0) * _dd(r2 * dt, x)
-        logphi = logphi - x
+        return (logphi - x, c1, c2), None
+
+    e = jnp.moveaxis(edges, -1, 0)
+    (logphi, c1, c2), _ = jax.lax.scan(step, (zero, zero, zero), jnp.stack([e[:-1], e[1:]], axis=1))
     return jnp.exp(logphi), c1, c2
 
 
