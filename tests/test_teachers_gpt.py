@@ -359,8 +359,8 @@ def test_save_load_round_trip(tiny, tmp_path):
     raw = path.read_bytes()
     header, payload = raw.split(b"\n", 1)
     header = json.loads(header)
-    assert header["kind"] == "gpt-char" and header["payload_sha256"] == hashlib.sha256(payload).hexdigest()
-    assert b"pickle" not in raw[:200] and header["payload_bytes"] == len(payload)
+    assert header["kind"] == "gpt-char" and header["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert header["config"] == TINY_MODEL.to_dict() and header["info"] == info
 
 
 def test_corrupted_files_are_refused(tiny, tmp_path):
@@ -370,17 +370,17 @@ def test_corrupted_files_are_refused(tiny, tmp_path):
     raw = good.read_bytes()
     cut = raw.index(b"\n") + 1
 
-    flipped = tmp_path / "flipped.eqx"  # one bit of one weight
-    flipped.write_bytes(raw[: cut + 500] + bytes([raw[cut + 500] ^ 1]) + raw[cut + 501 :])
-    with pytest.raises(TeacherError, match=r"flipped\.eqx is corrupted: payload SHA-256"):
+    flipped = tmp_path / "flipped.eqx"  # one bit of the last weight (the output bias): still loadable
+    flipped.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    with pytest.raises(TeacherError, match=r"flipped\.eqx is damaged: the sha256"):
         load_gpt(flipped)
     truncated = tmp_path / "truncated.eqx"
     truncated.write_bytes(raw[:-100])
-    with pytest.raises(TeacherError, match="truncated or corrupted"):
+    with pytest.raises(TeacherError, match="truncated or damaged"):
         load_gpt(truncated)
     trailing = tmp_path / "trailing.eqx"
     trailing.write_bytes(raw + b"x")
-    with pytest.raises(TeacherError, match="payload bytes"):
+    with pytest.raises(TeacherError, match="trailing data"):
         load_gpt(trailing)
     garbage = tmp_path / "garbage.eqx"
     garbage.write_bytes(b"\x00\xffnot json\n" + raw[cut:])

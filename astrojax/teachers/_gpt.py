@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import math
 import os
@@ -66,10 +65,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._io import atomic_open
 from ..layers import SoftmaxAttention, TransformerBlock, _merge, _qkv
 from ..oracles import softmax_weights
-from ._common import AbstractEncoder, TeacherError, read_header
+from ._common import AbstractEncoder, TeacherError, load_model, read_header, save_model
 
 __all__ = [
     "CharTokenizer",
@@ -592,30 +590,23 @@ def evaluate_gpt(model: GPT, ids, *, batch_size: int = 64) -> dict:
 
 
 def save_gpt(path, model: GPT, info: dict | None = None) -> str:
-    """Write ``model`` atomically: a one-line JSON header (kind, format, model config,
-    ``info``, SHA-256 and size of the payload), then ``eqx.tree_serialise_leaves``. No
-    pickle; :func:`load_gpt` checks the checksum before reading any weight."""
+    """Write ``model`` atomically (:func:`~astrojax.teachers.save_model`): a one-line JSON
+    header (kind, format, model config, ``info``, the sha256 of the weights), then
+    ``eqx.tree_serialise_leaves``. No pickle; :func:`load_gpt` checks the checksum."""
     if not isinstance(model, GPT):
         raise TypeError(f"`model` must be a GPT, got {type(model).__name__}")
     if info is not None and not isinstance(info, dict):
         raise TypeError(f"`info` must be a dict or None, got {type(info).__name__}")
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, model)
-    payload = buf.getvalue()
-    header = {"kind": _KIND, "format": _FORMAT, "config": model.config.to_dict(), "info": info or {},
-              "payload_sha256": hashlib.sha256(payload).hexdigest(), "payload_bytes": len(payload)}
-    with atomic_open(path, "wb") as f:
-        f.write((json.dumps(header, sort_keys=True) + "\n").encode())
-        f.write(payload)
-    return str(path)
+    header = {"kind": _KIND, "format": _FORMAT, "config": model.config.to_dict(), "info": info or {}}
+    return save_model(path, model, header)
 
 
 def load_gpt(path):
     """``(model, info)`` from a file written by :func:`save_gpt`.
 
-    A missing file, a bad header, a header of another kind, a payload whose size or
-    SHA-256 differs from the header's (a corrupted or truncated file), or weights that do
-    not fit the header's config raise :class:`TeacherError` naming the file.
+    A missing file, a bad header, a header of another kind or format, truncated data,
+    weights that do not fit the header's config, or weights whose sha256 differs from the
+    header's (a damaged file) raise :class:`TeacherError` naming the file.
     """
     header = read_header(path)
     if header.get("kind") != _KIND:
@@ -623,29 +614,14 @@ def load_gpt(path):
     if header.get("format") != _FORMAT:
         raise TeacherError(f"model file {path} has format {header.get('format')!r}; this astrojax reads format "
                            f"{_FORMAT} (retrain it with `astrojax teacher-gpt`)")
-    for key in ("config", "payload_sha256", "payload_bytes"):
-        if key not in header:
-            raise TeacherError(f"model file {path}: the header has no {key!r}")
+    if "config" not in header:
+        raise TeacherError(f"model file {path}: the header has no 'config'")
     config = GPTConfig.from_dict(header["config"])
     info = header.get("info", {})
     if not isinstance(info, dict):
         raise TeacherError(f"model file {path}: the header's 'info' must be a JSON object")
-    with open(path, "rb") as f:
-        f.readline()
-        payload = f.read()
-    if len(payload) != header["payload_bytes"]:
-        raise TeacherError(f"model file {path} is truncated or corrupted: {len(payload)} payload bytes, "
-                           f"the header says {header['payload_bytes']}")
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != header["payload_sha256"]:
-        raise TeacherError(f"model file {path} is corrupted: payload SHA-256 {digest[:16]}... differs from the "
-                           f"header's {str(header['payload_sha256'])[:16]}...")
     skeleton = eqx.filter_eval_shape(GPT, config, key=jax.random.PRNGKey(0))
-    try:
-        model = eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
-    except Exception as e:  # noqa: BLE001 - numpy raises several types for mismatched data
-        raise TeacherError(f"model file {path} does not match its header's config: {e}") from None
-    return model, info
+    return load_model(path, skeleton), info
 
 
 def gpt_cache_path(config: GPTTrainConfig = GPTTrainConfig()) -> pathlib.Path:
