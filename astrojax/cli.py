@@ -105,6 +105,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "train the digits ViT teacher (scikit-learn digits, about a minute on CPU)",
         hydra_app("teacher_digits", "astrojax.teachers._jobs:teacher_digits_job"),
     ),
+    "teacher-gpt": Subcommand("train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)", hydra_app("teacher_gpt", "astrojax.teachers._gpt:teacher_gpt_job")),
     "train": Subcommand(
         "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
         sweep_checked("train", hydra_app("train", "astrojax.train.app:train_job"), "astrojax.sweep:check_train_job"),
