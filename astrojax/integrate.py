@@ -326,7 +326,7 @@ def _mesh(P, n, end, a_end):
     dtype = P.tau_h.dtype
     end = jnp.asarray(end, dtype)
     d0 = jnp.broadcast_to(jnp.minimum(P.tau_h, P.tau_a) / end, jnp.shape(a_end)).astype(dtype)
-    d1 = P.tau_y / (jnp.maximum(a_end, 1e-30) * end)
+    d1 = P.tau_y / jnp.maximum(a_end * end, P.tau_y)
     left = 0.5 * _graded(2.0 * d0, nl) if nl else jnp.zeros(jnp.shape(a_end) + (1,), dtype)
     right = 1.0 - 0.5 * _graded(2.0 * d1, nr)[..., ::-1]
     return end[..., None] * jnp.concatenate([left[..., :-1], right], axis=-1)
@@ -355,7 +355,9 @@ def _y_coeffs_n(P, a0, P1, P2, g, n_sub, end=1.0):
     end = jnp.asarray(end, P.tau_h.dtype)
     shape = jnp.broadcast_shapes(jnp.shape(a0), jnp.shape(end), jnp.shape(P1), jnp.shape(g))
     end = jnp.broadcast_to(end, shape)
-    edges = _mesh(P, n_sub, end, _a_of_s(end, a0, P1, P2, P, g))
+    # the mesh is a numerical choice: held out of the gradient (grad = grad of the
+    # discretisation on a fixed mesh; no 1/a^2 blow-up where a is ~0)
+    edges = jax.lax.stop_gradient(_mesh(P, n_sub, end, _a_of_s(end, a0, P1, P2, P, g)))
     zero = jnp.zeros(shape, P.tau_h.dtype)
 
     def step(carry, e):  # one sub-step (a lax.scan keeps the compiled graph small)
@@ -849,7 +851,8 @@ def solve(
     I1 = _write_integrals(params.decay_p, params.tau_h, sched.write_delay)[0]
     g = ep.gain[ri]
     log_norm = jnp.log(g * (params.eta_p / params.tau_p) * I1)
-    log_a = jnp.log(a_state) - log_norm
+    pos = a_state > 0
+    log_a = jnp.where(pos, jnp.log(jnp.where(pos, a_state, 1.0)), -jnp.inf) - log_norm
     if protocol.gain_control:
         log_a = log_a + ep.sigma[ri] + ep.mu[ri] - float(np.log(log_phi_k.shape[1]))
     a = jnp.exp(log_a).astype(dtype)
