@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import sys
 from typing import Callable
 
 from ._config import ConfigError
 from ._hydra import CONF_DIR, HydraCommand
 
-__all__ = ["main", "SUBCOMMANDS", "Subcommand", "ConfigError", "CONF_DIR", "load_inputs"]
+__all__ = ["main", "SUBCOMMANDS", "Subcommand", "ConfigError", "CONF_DIR"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +67,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "astrojax.teachers._jobs", "teacher_digits_job", None,
         "Deterministic from the seed; saved (eqx after a JSON header) where teacher=digits finds it, "
         "~/.cache/astrojax/teachers/ ($ASTROJAX_CACHE), unless out=PATH."),
+    "teacher-gpt": Subcommand(
+        "train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)",
+        HydraCommand(name="teacher-gpt", config_name="teacher_gpt", task="astrojax.teachers._gpt:teacher_gpt_job",
+                     summary="train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)")),
     "train": _hydra(
         "train", "train", "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
         "astrojax.train.app", "train_job", "astrojax.train.app:check_train_files",
@@ -95,12 +98,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "collect a sweep's jobs into SWEEP_DIR/summary.csv and summary.png: astrojax summarize SWEEP_DIR",
         _summarize),
 }
-
-
-def __getattr__(name):  # ``astrojax.cli.load_inputs`` (astrojax.fit.app imports it from here)
-    if name == "load_inputs":
-        return importlib.import_module("astrojax.simulate_app").load_inputs
-    raise AttributeError(name)
 
 
 def usage() -> str:

@@ -1,4 +1,4 @@
-r"""Closed forms the simulated network is compared against (MODEL.md sections 1 and 4).
+r"""Closed forms the simulated network is compared against (docs/model.md).
 
 All functions take one head's projections ``q, k`` of shape ``(T, D)`` and ``v`` of
 shape ``(T, Dv)`` *as produced by the projections*, and apply the ``D**-1/4`` scaling

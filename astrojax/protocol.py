@@ -3,7 +3,7 @@
 An episode of ``T`` tokens is ``J = 2T`` windows of length 1. In a *write* window the
 hidden neurons are driven by ``phi(k~_t)``, the value ``v_t`` is presented to the
 output neurons and the plasticity gate ``w`` opens ``write_delay`` into the window
-(MODEL.md: opening it after the hidden rates have settled removes the onset lag). In a
+(docs/model.md: opening it after the hidden rates have settled removes the onset lag). In a
 *read* window the drive is ``phi(q~_t)``, plasticity is off and the read gate ``r`` is
 on with gain ``g = 1 / (tokens written so far)``.
 
@@ -37,6 +37,7 @@ class Schedule:
     write_idx: np.ndarray  # (T,) window index of token t's write
     read_idx: np.ndarray  # (T,) window index of token t's read
     write_delay: float  # fraction of a write window before plasticity opens
+    causal: bool = False
 
     @property
     def num_windows(self) -> int:
@@ -50,15 +51,27 @@ class Protocol:
     Args:
         kind: ``"bidirectional"`` or ``"causal"``.
         write_delay: fraction of each write window before the plasticity gate opens,
-            in ``[0, 1)``. MODEL.md measured the read-out's deviation from RFA at
+            in ``[0, 1)``. Measured deviation of the read-out from RFA (docs/model.md) at
             ``tau = 0.02``: ``6.3e-3`` with 0, ``4.7e-5`` with 0.1, ``3.6e-7`` with 0.2.
+        gain_control: divisive normalisation of the hidden population and synaptic
+            scaling of the memory (docs/model.md, "Gain control"): each window's
+            hidden-neuron drive is ``softmax(log phi(u))`` (unit total rate), the
+            plasticity gain of a write is ``exp(sigma_t - mu_t)`` with ``sigma_t`` the
+            log total drive of that token and ``mu_t`` the running maximum over the
+            tokens written so far (the memory is rescaled when ``mu`` grows). The
+            timescale limit is unchanged (RFA); the network stays in range and
+            settles at any input scale. ``False`` integrates the raw drives ``phi(u)``.
     """
 
     kind: str = "bidirectional"
     write_delay: float = 0.2
+    gain_control: bool = True
 
     def __post_init__(self):
         check_choice("protocol", self.kind, PROTOCOLS)
+        if not isinstance(self.gain_control, (bool, np.bool_)):
+            raise TypeError(f"`gain_control` must be True or False, got {self.gain_control!r}")
+        object.__setattr__(self, "gain_control", bool(self.gain_control))
         d = self.write_delay
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not (0.0 <= d < 1.0):
             raise ValueError(f"`write_delay` must be a number in [0, 1), got {d!r}")
@@ -83,7 +96,7 @@ class Protocol:
         write[write_idx] = True
         n_written = np.cumsum(write)  # writes started up to and including window j
         gain = np.where(write, 0.0, 1.0 / np.maximum(n_written, 1))
-        return Schedule(source, token, write, ~write, gain, write_idx, read_idx, self.write_delay)
+        return Schedule(source, token, write, ~write, gain, write_idx, read_idx, self.write_delay, self.causal)
 
 
 def as_protocol(protocol) -> Protocol:

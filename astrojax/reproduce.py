@@ -13,7 +13,7 @@ form (random-feature attention). Both are compared with the teacher:
   head output, ``y`` the read-out divided by the read-out ratio ``rho`` of the params).
 
 Nothing here is trained or tuned: it measures how far the random construction is from the
-teacher (docs/model.md); ``astrojax train`` closes the gap.
+teacher (docs/model.md, "The random construction on a real model"); ``astrojax train`` closes the gap.
 
 Python API: :func:`reproduce` (arrays in, metrics out) and :func:`run_reproduce` (the job).
 """

