@@ -131,7 +131,7 @@ def _first_missing(path: Path) -> Path | None:
 def _type_name(t) -> str:
     s = str(t).replace("typing.", "")
     return {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'bool'>": "bool",
-            "<class 'str'>": "str"}.get(s, s)
+            "<class 'str'>": "str", "Any": ""}.get(s, s)
 
 
 def _rule(m) -> str:
@@ -323,11 +323,15 @@ class HydraCommand:
                 cfg = hydra_compose(self.config_name, [o for o in overrides if "," not in o])
             except Exception as e:  # noqa: BLE001
                 raise config_error(e) from None
-        lines = [f"usage: {prog} [KEY=VALUE ...] [-m] [--cfg job] [--hydra-help]", "", self.summary]
+        import textwrap
+
+        wrap = lambda text: textwrap.wrap(" ".join(text.split()), 100)  # noqa: E731
+        lines = [f"usage: {prog} [KEY=VALUE ...] [-m] [--cfg job] [--hydra-help]", "", *wrap(self.summary)]
         if self.description:
-            lines += ["", self.description.strip()]
-        lines += ["", "Override any key below with KEY=VALUE (nested keys with dots, lists as '[a,b]', null as "
-                  "KEY=null); -m with comma-separated values runs a sweep; --cfg job prints the composed config."]
+            lines += ["", *wrap(self.description)]
+        lines += ["", *wrap("Override any key below with KEY=VALUE (nested keys with dots, lists as '[a,b]', null "
+                            "as KEY=null); -m with comma-separated values runs a sweep; --cfg job prints the "
+                            "composed config.")]
         if self.groups:
             lines += ["", "config groups:"]
             for g, meaning in self.groups:

@@ -74,7 +74,9 @@ def test_training_gradient_matches_finite_differences(path):
 
 
 def test_fast_and_diffrax_paths_give_the_same_loss():
-    """Same loss to tolerance; the fast path converges to the Diffrax loss at order 2 in n_sub."""
+    """Same loss to tolerance; the fast path converges to the Diffrax loss at fourth order in
+    n_sub (its Richardson-extrapolated read-out mesh; error ratios 9 and 13 per doubling
+    from n_sub = 8, approaching 16)."""
     raw_d, loss_d = _head_problem(aj.DiffraxPath(solver=diffrax.Tsit5(), rtol=1e-11, atol=1e-13))
     ld = float(loss_d(raw_d))
     errs = []
@@ -83,7 +85,7 @@ def test_fast_and_diffrax_paths_give_the_same_loss():
         errs.append(abs(float(loss_f(raw_f)) - ld) / ld)
     assert errs[-1] < 1e-4, errs
     for e1, e2 in zip(errs, errs[1:]):
-        assert 3.0 < e1 / e2 < 5.0, errs  # second order
+        assert 8.0 < e1 / e2 < 20.0, errs  # better than third order, at most fourth
     # and the gradients agree (relative to the whole gradient's norm: the loss is nearly
     # flat in some directions, e.g. tau_y, where the discretisation error dominates)
     flat = lambda g: jnp.concatenate([x.ravel() for x in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array))])  # noqa: E731
@@ -484,21 +486,23 @@ def test_cli_train_prints_its_run_directory_and_a_refusal_keeps_the_run_record(t
 
 
 @needs_minilm
-def test_divergence_and_unreadable_checkpoints_end_with_one_clear_line(tmp_path, capsys):
-    """A diverging loss (CLI, in-process) and a run whose every checkpoint is unreadable
-    end with one line saying what to do, the run directory intact."""
-    from astrojax.cli import main
+def test_divergence_and_unreadable_checkpoints_end_with_one_clear_line(tmp_path):
+    """A diverging loss (the command, as a user runs it) and a run whose every checkpoint
+    is unreadable end with one line saying what to do, the run directory intact."""
+    import subprocess
+    import sys
+
     from astrojax.train.app import TrainingError, run_train
 
-    nan_run = tmp_path / "nan"
-    with pytest.raises(SystemExit) as exc:
-        main(["train", *TINY_CLI, "optimizer.learning_rate=1e6", "optimizer.warmup_steps=0", "optimizer.clip_norm=0",
-              f"hydra.run.dir={nan_run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", *TINY_CLI, "optimizer.learning_rate=1e6",
+                        "optimizer.warmup_steps=0", "optimizer.clip_norm=0", "hydra.run.dir=nan"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("astrojax train: error: training diverged: the loss became "
                                                "non-finite"), err
-    assert "optimizer.learning_rate" in err[0]
+    assert "optimizer.learning_rate" in err[0] and "Traceback" not in r.stdout
+    nan_run = tmp_path / "nan"
     for f in ("config.yaml", "env.json", "before.json", "metrics.jsonl"):
         assert (nan_run / f).is_file(), f
     assert not (nan_run / "model.eqx").exists()
