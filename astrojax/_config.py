@@ -395,38 +395,6 @@ def path_or_null(key, value) -> None:
         raise ConfigError(f"config key `{key}`: expected a path, got {value!r}")
 
 
-# ----------------------------------------------------------------------------- teachers
-
-
-def teacher_facts(spec: str, key: str = "teacher") -> tuple[str, int | None]:
-    """``(kind, number of layers or None)`` of a teacher spec without loading weights
-    (read from an HF directory's ``config.json``): what a job checks when it loads the
-    teacher. :class:`ConfigError` naming ``key`` if the teacher does not exist."""
-    import json
-    from pathlib import Path
-
-    if spec == "minilm":
-        from .teachers._bert import minilm_path
-
-        try:
-            path = Path(minilm_path())
-        except Exception as e:  # noqa: BLE001 - the wheel is missing: the job would fail the same way
-            raise ConfigError(f"config key `{key}`: {e}") from None
-    elif spec == "digits":
-        return "image", None  # trained on demand by `astrojax teacher-digits`; the job reports it
-    else:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            return "image", None
-        if not path.is_dir():
-            raise ConfigError(f"config key `{key}`: {spec!r} is neither 'minilm', 'digits' nor an existing path")
-    try:
-        layers = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
-    except (OSError, ValueError):
-        layers = None  # the loader reports an unreadable directory
-    return "text", layers if isinstance(layers, int) else None
-
-
 # ----------------------------------------------------------------------------- the job body
 
 # run directories the command line's pre-flight found absent: {run dir: first directory created}

@@ -177,7 +177,7 @@ class ReproduceConfig(MethodKeys, Schema):
 
 def check_reproduce_files(c: ReproduceConfig, run_dir=None) -> None:
     """The pre-flight's file checks: the teacher and the text exist."""
-    from ._config import teacher_facts
+    from .teachers._facts import teacher_facts
 
     teacher_facts(c.teacher)
     if c.text is not None and not os.path.isfile(c.text):

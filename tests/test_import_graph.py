@@ -6,7 +6,8 @@ or ``try`` -- adds an edge to each astrojax module it names: ``import astrojax.x
 ``from astrojax.x import y`` (``y`` a submodule or a name of ``x``), and relative imports
 (``from . import y``, ``from ..x import z``) resolved against the importing module's
 package. Importing a submodule also imports its parent packages, so ``a.b.c`` adds edges
-to ``a.b`` and ``a`` as well (a package's ``__init__`` runs first).
+to ``a.b`` and ``a`` as well (a package's ``__init__`` runs first). Imports under
+``if TYPE_CHECKING:`` never run and are left out.
 """
 
 from __future__ import annotations
@@ -48,13 +49,30 @@ def _targets(name: str, known: set[str]) -> set[str]:
     return set()
 
 
+def _type_checking(test) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def imports_of(module: str, path: str, known: set[str]) -> set[str]:
     """Every package module ``module`` imports (anywhere in its source)."""
     is_pkg = os.path.basename(path) == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
     tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 out |= _targets(alias.name, known)
@@ -118,6 +136,14 @@ def test_the_graph_sees_every_kind_of_import():
     assert "astrojax.train.parallel" in g["astrojax.train.loop"]  # `from .parallel import ...` inside a function
     assert "astrojax._config" in g["astrojax.reproduce"]          # `from ._config import ...`
     assert "astrojax.dynamics" in g["astrojax.train.config"]      # `from ..dynamics import ...` inside a function
+
+
+def test_type_checking_imports_are_left_out(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from astrojax import b\n"
+                   "else:\n    from astrojax import c\ndef f():\n    from . import d\n")
+    known = {"astrojax", "astrojax.b", "astrojax.c", "astrojax.d"}
+    assert imports_of("astrojax.m", str(src), known) == {"astrojax.c", "astrojax.d"}
 
 
 def test_finder_reports_a_cycle():

@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from .._config import ConfigError, first_difference, resume_keys, run_in_hydra_dir, teacher_facts, to_config, to_dict
+from .._config import ConfigError, first_difference, resume_keys, run_in_hydra_dir, to_config, to_dict
+from ..teachers._facts import teacher_facts
 from . import build
 from .config import TrainConfig, member_config, pack_members
 from .metrics import final_metrics, first_step_s, fmt_summary, print_result

@@ -289,6 +289,7 @@ class Checkpointer:
             return False
         if not force and not self._manager.should_save(step):
             return False
+        self._remove_tmp(step)  # an uncommitted directory of this step (a failed or killed save) blocks Orbax
         arrays = {f"leaf_{i:05d}": _as_saveable(x) for i, (_, x) in enumerate(leaves)}
         record = {
             "format": FORMAT,

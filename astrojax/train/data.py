@@ -25,8 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..teachers import TextTokenizer
-from ..teachers._load import DATA_DIR
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing the teachers here would close a cycle (teachers._gpt uses this)
+    from ..teachers import TextTokenizer
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # astrojax/data (as astrojax.teachers._load.DATA_DIR)
 
 __all__ = ["CORPORA", "training_texts", "training_chunks", "training_sentences", "split_sentences", "heldout_text",
            "heldout_sentences", "pad_batch"]
