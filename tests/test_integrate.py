@@ -13,7 +13,7 @@ import astrojax as aj
 from astrojax.dynamics import PARAM_NAMES
 
 PROTOCOLS = ["bidirectional", "causal"]
-FAST = aj.FastPath(n_sub=4)
+FAST = aj.FastPath()
 DFX64 = aj.DiffraxPath(rtol=1e-10, atol=1e-12)
 DFX32 = aj.DiffraxPath(rtol=1e-6, atol=1e-8)
 LIMIT = dict(tau_h=0.01, tau_a=0.01, tau_y=0.01)  # fast neurons/astrocyte, no leak
