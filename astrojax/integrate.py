@@ -278,6 +278,12 @@ def _affine_scan(A, B, init=None, reverse=False, parallel=False):
     return jax.lax.associative_scan(combine, (A, B), reverse=reverse)[1]
 
 
+def _cum(op, x, init):
+    """Inclusive cumulative ``op`` along the first axis as a sequential scan (compiles
+    much faster than the associative forms of cumsum / cumprod on CPU)."""
+    return jax.lax.scan(lambda c, e: (op(c, e), op(c, e)), init, x)[1]
+
+
 def _shift_right(z, first=None):
     """Window-start values from window-end values (the first window starts at ``first``)."""
     head = jnp.zeros_like(z[:1]) if first is None else jnp.broadcast_to(jnp.asarray(first, z.dtype), z[:1].shape)
@@ -425,13 +431,24 @@ def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: boo
     F = F * vwin[:, None]
     # memory log-scale: running max of sigma over valid writes
     sw = jnp.where((write * vwin) > 0, sigma, _FLOOR)
-    mu = jax.lax.cummax(sw) if gain_control else jnp.zeros_like(sigma)
+    if gain_control:
+        # running max and log of sum exp(sw - running max) in one sequential scan (cheaper to
+        # compile than the associative forms of cummax / cumlogsumexp)
+        def run(c, x):
+            m0, l0 = c
+            m1 = jnp.maximum(m0, x)
+            l1 = jnp.log(jnp.exp(l0 + m0 - m1) + jnp.exp(x - m1))
+            return (m1, l1), (m1, l1)
+
+        _, (mu, lsum) = jax.lax.scan(run, (jnp.asarray(_FLOOR, dtype), jnp.asarray(-jnp.inf, dtype)), sw)
+    else:
+        mu = jnp.zeros_like(sigma)
     mu_prev = _shift_right(mu, _FLOOR) if gain_control else mu
     omega = jnp.where(write * vwin > 0, jnp.exp(jnp.minimum(sigma - mu, 0.0)), 0.0)
     rescale = jnp.exp(jnp.minimum(mu_prev - mu, 0.0))
     if gain_control:
         # effective number of tokens written: sum of their plasticity gains exp(sigma - mu)
-        nwritten = jnp.exp(jax.lax.cumlogsumexp(sw) - mu)
+        nwritten = jnp.exp(lsum)
     else:
         nwritten = jnp.cumsum(write * vwin)
     gain = jnp.where(write > 0, 0.0, 1.0 / jnp.maximum(nwritten, 1.0))
@@ -467,7 +484,7 @@ def _bidirectional_reads(P, ep: _Episode, par):
     Zp = _shift_left(_affine_scan(cw, up, reverse=True, parallel=par))
     Hmem = ((IH1 - IH2) * v_w + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
     pmem = ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp) @ Fw  # (m,)
-    Q = _shift_left(jax.lax.cumprod(cw, reverse=True)).at[-1].set(1.0)  # prod_{i>l} c_i
+    Q = _shift_left(jax.lax.scan(lambda c, x: (c * x, c * x), jnp.ones((), dtype), cw, reverse=True)[1]).at[-1].set(1.0)
     h_last = ((1.0 - cw) * Q) @ Fw
     FrH, Frp = Fr @ Hmem.T, Fr @ pmem
     from_F = (1.0 - cr)
@@ -523,10 +540,10 @@ def _causal_reads(P, ep: _Episode, C: int):
         cw = jnp.where(val > 0, c, 1.0)
         # hidden rates at window starts: h0_j = prod_{i<j} c_i h_end + sum_{l<j} (1-c_l) prod_{l<i<j} c_i F_l
         E = jnp.where(jj[:, None] > jj[None, :], cw[:, None], 1.0)
-        CP = jax.lax.cumprod(E, axis=0)  # CP[j, l] = prod_{l<i<=j} c_i
+        CP = _cum(jnp.multiply, E, jnp.ones((n,), dtype))  # CP[j, l] = prod_{l<i<=j} c_i
         CPs = jnp.concatenate([jnp.ones((1, n), dtype), CP[:-1]], axis=0)  # prod_{l<i<j}
         Mh = jnp.where(lower, (1.0 - cw)[None, :] * CPs, 0.0)
-        ex = jnp.concatenate([jnp.ones((1,), dtype), jnp.cumprod(cw)[:-1]])
+        ex = jnp.concatenate([jnp.ones((1,), dtype), _cum(jnp.multiply, cw, jnp.ones((), dtype))[:-1]])
         h0 = Mh @ Fc + ex[:, None] * h_end[None, :]
         h_end_new = cw[-1] * h0[-1] + (1.0 - cw[-1]) * Fc[-1]
         Fk, Fq, h0w, h0r = Fc[0::2], Fc[1::2], h0[0::2], h0[1::2]
@@ -534,7 +551,7 @@ def _causal_reads(P, ep: _Episode, C: int):
         sk = sc[0::2]
         mu_t = muc[1::2]  # scale in force at each read
         mu_e = muc[-1]
-        Vc = jnp.cumsum(val)
+        Vc = _cum(jnp.add, val, jnp.zeros((), dtype))
         lag = Vc[1::2][:, None] - 1.0 * Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
         G = jnp.concatenate([Fq, h0r]) @ jnp.concatenate([Fk, h0w]).T  # (2C, 2C)
         GFF, GF0, G0F, G00 = G[:C, :C], G[:C, C:], G[C:, :C], G[C:, C:]
