@@ -147,9 +147,11 @@ def performer_features_np(x, W):
     return np.exp(x @ W.T - 0.5 * np.sum(x * x, -1, keepdims=True)) / math.sqrt(W.shape[0])
 
 
-def write_delay(protocol: str) -> float:
-    """The write-gate delay the string protocol uses (the peers must integrate the same ODE)."""
-    return float(getattr(aj.Protocol(protocol), "write_delay", 0.0))
+def episode_options(protocol: str) -> dict:
+    """Write-gate delay and gain control of the string protocol (the peers must integrate
+    the same ODE as ``simulate_attention(..., protocol=protocol)``)."""
+    p = aj.Protocol(protocol)
+    return dict(write_delay=float(getattr(p, "write_delay", 0.0)), gain_control=bool(getattr(p, "gain_control", False)))
 
 
 def rel_err(y, ref):
@@ -213,17 +215,28 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
-def compile_fn(f, args):
-    """AOT-compile ``f`` for ``args``: returns ``(call, compile_s, info)``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(f).lower(*args).compile()
-    c = time.perf_counter() - t0
-    info = {}
-    try:
-        ma = compiled.memory_analysis()
-        info["temp_bytes"] = int(ma.temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        pass
+_COMPILED = {}
+
+
+def compile_fn(f, args, key=None):
+    """AOT-compile ``f`` for ``args``: returns ``(call, compile_s, info)``. With ``key``
+    (naming the function), an executable compiled earlier in this run for the same key
+    and argument shapes is reused (the compile time reported is that of its compilation)."""
+    sig = (key, tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args)))
+    if key is not None and sig in _COMPILED:
+        compiled, c, info = _COMPILED[sig]
+        info = dict(info, compile_shared=True)
+    else:
+        t0 = time.perf_counter()
+        compiled = jax.jit(f).lower(*args).compile()
+        c = time.perf_counter() - t0
+        info = {}
+        try:
+            info["temp_bytes"] = int(compiled.memory_analysis().temp_size_in_bytes)
+        except Exception:  # noqa: BLE001 - not every backend reports it
+            pass
+        if key is not None:
+            _COMPILED[sig] = (compiled, c, dict(info))
     t0 = time.perf_counter()
     info["first_out"] = _block(compiled(*args))  # first run (allocations, caches): not timed
     info["first_run_s"] = time.perf_counter() - t0
@@ -331,9 +344,8 @@ def scipy_peer(q, k, v, W, protocol, rtol, atol, method="RK45"):
     v = np.asarray(v, np.float64)
     P = aj.NeuronAstrocyteParams()
     taus = {n: float(getattr(P, n)) for n in ("tau_h", "tau_H", "tau_p", "tau_a", "tau_y")}
-    d = write_delay(protocol)
-    return lambda: simulate(fk, fq, v, protocol=protocol, write_delay=d, rtol=rtol, atol=atol,
-                            method=method, **taus)["y"]
+    opts = episode_options(protocol)
+    return lambda: simulate(fk, fq, v, protocol=protocol, rtol=rtol, atol=atol, method=method, **opts, **taus)["y"]
 
 
 def _brian2_ok():
@@ -356,8 +368,8 @@ def brian2_peer(q, k, v, W, protocol, dt):
     v = np.asarray(v, np.float64)
     P = aj.NeuronAstrocyteParams()
     taus = {n: float(getattr(P, n)) for n in ("tau_h", "tau_H", "tau_p", "tau_a", "tau_y")}
-    d = write_delay(protocol)
-    return lambda: brian2_simulate(fk, fq, v, protocol=protocol, write_delay=d, dt=dt, **taus)
+    opts = episode_options(protocol)
+    return lambda: brian2_simulate(fk, fq, v, protocol=protocol, dt=dt, **opts, **taus)
 
 
 # ------------------------------------------------------------------ sections
@@ -372,33 +384,36 @@ def run_main(cfg, key):
             calls, comp, infos, fwd_out = {}, {}, {}, {}
             for kind in ("closed_linear", "closed_TxT", "fast"):
                 f = head_fn(kind, protocol, "fast")
-                calls[kind], comp[kind], infos[kind] = compile_fn(f, args)
+                calls[kind], comp[kind], infos[kind] = compile_fn(f, args, ("fwd", kind, protocol))
                 fwd_out[kind] = infos[kind]["first_out"]
-                g = kind + "+grad"
-                calls[g], comp[g], infos[g] = compile_fn(fwd_grad_fn(f), args)
+                if cfg["grad"]:
+                    g = kind + "+grad"
+                    calls[g], comp[g], infos[g] = compile_fn(fwd_grad_fn(f), args, ("grad", kind, protocol))
             t = interleave(calls, cfg["repeats"])
             y_lin, y_txt, y_fast = (np.asarray(fwd_out[k][0]) for k in ("closed_linear", "closed_TxT", "fast"))
             kinds = ("closed_linear", "closed_TxT", "fast")
             row = dict(protocol=protocol, m=m, batch=cfg["main_batch"], T=cfg["main_T"], D=cfg["D"], Dv=cfg["D"],
                        fwd_ms={k: t[k]["median_ms"] for k in kinds},
-                       fwd_grad_ms={k: t[k + "+grad"]["median_ms"] for k in kinds},
                        min_ms={k: v["min_ms"] for k, v in t.items()},
                        compile_s=comp, calls={k: v["calls"] for k, v in t.items()},
                        fast_over_closed_linear=paired_ratio(t, "fast", "closed_linear"),
                        fast_over_closed_TxT=paired_ratio(t, "fast", "closed_TxT"),
                        closed_linear_over_TxT=paired_ratio(t, "closed_linear", "closed_TxT"),
-                       grad_over_fwd={k: paired_ratio(t, k + "+grad", k) for k in kinds},
-                       fast_grad_over_closed_linear_grad=paired_ratio(t, "fast+grad", "closed_linear+grad"),
-                       fast_grad_over_closed_TxT_grad=paired_ratio(t, "fast+grad", "closed_TxT+grad"),
                        y_diff_closed_linear_vs_TxT=rel_err(y_lin, y_txt),
                        y_diff_fast_vs_closed=rel_err(y_fast, y_txt))
+            msg = ""
+            if cfg["grad"]:
+                row.update(fwd_grad_ms={k: t[k + "+grad"]["median_ms"] for k in kinds},
+                           grad_over_fwd={k: paired_ratio(t, k + "+grad", k) for k in kinds},
+                           fast_grad_over_closed_linear_grad=paired_ratio(t, "fast+grad", "closed_linear+grad"),
+                           fast_grad_over_closed_TxT_grad=paired_ratio(t, "fast+grad", "closed_TxT+grad"))
+                msg = (f" | fwd+grad/fwd fast {row['grad_over_fwd']['fast']:.2f}x (closed lin "
+                       f"{row['grad_over_fwd']['closed_linear']:.2f}x) | compile fast+grad {comp['fast+grad']:.1f}s")
             rows.append(row)
             log(f"[main] {protocol:13s} m={m:5d}: fwd fast {row['fwd_ms']['fast']:8.2f} ms | closed lin "
                 f"{row['fwd_ms']['closed_linear']:8.2f} | TxT {row['fwd_ms']['closed_TxT']:8.2f} | fast/lin "
                 f"{row['fast_over_closed_linear']:.2f}x fast/TxT {row['fast_over_closed_TxT']:.2f}x | "
-                f"fwd+grad/fwd fast {row['grad_over_fwd']['fast']:.2f}x (closed lin "
-                f"{row['grad_over_fwd']['closed_linear']:.2f}x) | compile fast {comp['fast']:.1f}s "
-                f"+grad {comp['fast+grad']:.1f}s")
+                f"compile fast {comp['fast']:.1f}s" + msg)
     return rows
 
 
@@ -435,9 +450,11 @@ def run_peers(cfg, cases):
         q, k, v, W, _ = args
         calls, comp, infos, ys = {}, {}, {}, {}
         for kind in ("closed_linear", "closed_TxT", "fast"):
-            calls[kind], comp[kind], infos[kind] = compile_fn(head_fn(kind, protocol, "fast"), args)
+            calls[kind], comp[kind], infos[kind] = compile_fn(head_fn(kind, protocol, "fast"), args,
+                                                              ("fwd", kind, protocol))
         for name, spec in specs.items():
-            calls[name], comp[name], infos[name] = compile_fn(head_fn("sim", protocol, spec), args)
+            calls[name], comp[name], infos[name] = compile_fn(head_fn("sim", protocol, spec), args,
+                                                              ("fwd", name, protocol))
             log(f"[peers] {protocol}: compiled {name} in {comp[name]:.1f} s")
         calls["scipy_rk45"] = scipy_peer(q[0], k[0], v[0], W, protocol, cfg["peer_rtol"], cfg["peer_atol"])
         b2 = brian2_peer(q[0], k[0], v[0], W, protocol, cfg["brian2_dt"])
@@ -478,9 +495,14 @@ def run_accuracy(cfg, cases, peer_rows):
             pr["y_err_vs_tight"] = {n: rel_err(y, r["y_ref"][0]) for n, y in pr.pop("_ys").items()}
             log(f"[peers] {pr['protocol']}: read-out error vs tight: "
                 + ", ".join(f"{n} {e:.1e}" for n, e in pr["y_err_vs_tight"].items()))
-        args = (c["q"], c["k"], c["v"], c["W"], aj.NeuronAstrocyteParams(dtype=jnp.float32))
-        y32 = np.asarray(jax.jit(head_fn("sim", c["protocol"], "fast"))(*args)[0])
-        ycl = np.asarray(jax.jit(head_fn("closed_TxT", c["protocol"]))(*args)[0])
+        y32, ycl = [], []
+        for b in range(c["batch"]):  # batch-1 calls: the executables of the peers and the scaling
+            args = (c["q"][b:b + 1], c["k"][b:b + 1], c["v"][b:b + 1], c["W"],
+                    aj.NeuronAstrocyteParams(dtype=jnp.float32))
+            for kind, out in (("fast", y32), ("closed_TxT", ycl)):
+                info = compile_fn(head_fn(kind, c["protocol"], "fast"), args, ("fwd", kind, c["protocol"]))[2]
+                out.append(np.asarray(info["first_out"][0][0]))
+        y32, ycl = np.stack(y32), np.stack(ycl)
         row = dict(protocol=c["protocol"], m=c["m"], T=c["T"], batch=c["batch"], D=cfg["D"],
                    fast_f32_err=rel_err(y32, r["y_ref"]), fast_f64_err=rel_err(r["y_fast64"], r["y_ref"]),
                    closed_form_err=rel_err(ycl, r["y_ref"]), reference_s=r["seconds"])
@@ -515,7 +537,8 @@ def run_scaling(cfg, key):
                 for kind in ("closed_linear", "closed_TxT", "fast"):
                     if kind in stopped:
                         continue
-                    calls[kind], comp[kind], infos[kind] = compile_fn(head_fn(kind, protocol, "fast"), args)
+                    calls[kind], comp[kind], infos[kind] = compile_fn(head_fn(kind, protocol, "fast"), args,
+                                                                      ("fwd", kind, protocol))
                 slow = max(i["first_run_s"] for i in infos.values()) > 0.5
                 reps = 2 if slow else cfg["scale_repeats"]
                 t = interleave(calls, reps)
@@ -642,7 +665,8 @@ def check():
         y_rk = scipy_peer(q[0], k[0], v[0], W, protocol, rtol=1e-6, atol=1e-8)()
         e_rk = rel_err(y_rk, y_s)
         assert e_rk < 1e-3, (protocol, e_rk)
-        msg = f"check: {protocol}: tight Diffrax vs scipy DOP853 (rtol 1e-11) {e:.1e}; scipy RK45 peer {e_rk:.1e}"
+        msg = (f"check: {protocol} ({episode_options(protocol)}): tight Diffrax vs scipy DOP853 (rtol 1e-11) "
+               f"{e:.1e}; scipy RK45 peer {e_rk:.1e}")
         b2 = brian2_peer(q[0], k[0], v[0], W, protocol, dt=0.002)
         if b2 is not None:
             e_b2 = rel_err(b2(), y_s)
@@ -657,22 +681,22 @@ def check():
 # ------------------------------------------------------------------ main
 
 FULL = dict(
-    D=32, repeats=15,
+    D=32, repeats=15, grad=True,
     main_batch=8, main_T=128, main_m=[256, 4096],
     acc_cases=[(256, 64, 4), (4096, 32, 1)],  # (m, T, batch); the peers run on sample 0 of the first
     peer_solvers=["diffrax_tsit5_pid", "diffrax_heun_fixed"], peer_repeats=3, peer_rtol=1e-6, peer_atol=1e-8,
     heun_dt0=0.002, brian2_dt=0.01, brian2_repeats=1,
-    scale_T=[64, 128, 256, 512, 1024, 2048, 4096, 8192], scale_T_m=256,
+    scale_T=[64, 256, 1024, 4096, 8192], scale_T_m=256,
     scale_m=[64, 256, 1024, 4096], scale_m_T=256,  # (T = 256, m = 256) is shared with the T axis
     scale_repeats=7, scale_budget_s=1.5, fit_T=(256, 8192),
 )
 QUICK = dict(
-    FULL, repeats=5,
-    main_batch=2, main_T=64, main_m=[256],
-    acc_cases=[(256, 16, 2)],
+    FULL, repeats=5, grad=False,
+    main_batch=1, main_T=32, main_m=[256],  # (1, 32, 256): one executable for main, peers, accuracy, scaling
+    acc_cases=[(256, 32, 2)],
     peer_solvers=["diffrax_tsit5_pid"], peer_repeats=2,
-    scale_T=[128, 1024], scale_m=[256, 2048], scale_m_T=128,
-    scale_repeats=3, scale_budget_s=0.3, fit_T=(128, 1024),
+    scale_T=[32, 512], scale_m=[256], scale_m_T=32,
+    scale_repeats=3, scale_budget_s=0.3, fit_T=(32, 512),
 )
 
 
@@ -720,7 +744,9 @@ def _ver(mod):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (~1 CPU-minute)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats, no gradient")
+    ap.add_argument("--grad", action=argparse.BooleanOptionalAction, default=None,
+                    help="time forward+gradient in the main section (default: yes; --quick: no)")
     ap.add_argument("--check", action="store_true", help="run the float64 self-tests and exit")
     ap.add_argument("--sections", nargs="+", default=["main", "peers", "accuracy", "scaling"],
                     choices=["main", "peers", "accuracy", "scaling"])
@@ -734,11 +760,15 @@ def main(argv=None):
     if a.check:
         return check()
     cfg = dict(QUICK if a.quick else FULL)
+    if a.grad is not None:
+        cfg["grad"] = a.grad
     out = a.out or os.path.join(RESULTS, "core_quick.json" if a.quick else "core.json")
     png = a.png or os.path.splitext(out)[0] + "_scaling.png"
     t_start = time.perf_counter()
     key = jax.random.PRNGKey(a.seed)
     cmd = "python experiments/bench/bench_core.py" + (" --quick" if a.quick else "")
+    if a.grad is not None:
+        cmd += " --grad" if a.grad else " --no-grad"
     if a.sections != ["main", "peers", "accuracy", "scaling"]:
         cmd += " --sections " + " ".join(a.sections)
     res = dict(mode="quick" if a.quick else "full", command=cmd, config=dict(cfg), environment=environment(),
@@ -747,7 +777,7 @@ def main(argv=None):
                                                                       atol=cfg["peer_atol"]),
                                     brian2=dict(method="rk4", dt=cfg["brian2_dt"], target="numpy",
                                                 available=_brian2_ok()),
-                                    write_delay={p: write_delay(p) for p in PROTOCOLS},
+                                    episode={p: episode_options(p) for p in PROTOCOLS},
                                     params="NeuronAstrocyteParams() defaults (tau_h = tau_a = tau_y = 0.02)"),
                section_s={})
     log(f"bench_core ({res['mode']}): jax {jax.__version__}, {res['environment']['device']}, "

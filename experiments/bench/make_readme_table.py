@@ -76,15 +76,17 @@ def render(res, json_name):
     ]
     if "main" in res:
         r0 = res["main"][0]
+        has_grad = all("grad_over_fwd" in r for r in res["main"])
         lines += [f"**Forward and gradient** (batch {r0['batch']}, T = {r0['T']}; gradient = "
-                  "`value_and_grad` of sum(y^2) w.r.t. q, k, v, W and the parameters):", ""]
+                  "`value_and_grad` of sum(y^2) w.r.t. q, k, v, W and the parameters"
+                  + ("" if has_grad else "; not measured in this run") + "):", ""]
         rows = []
         for r in res["main"]:
-            f, g = r["fwd_ms"], r["grad_over_fwd"]
+            f, g = r["fwd_ms"], r.get("grad_over_fwd", {})
             rows.append([r["protocol"], r["m"], ms(f["closed_linear"]), ms(f["closed_TxT"]), ms(f["fast"]),
                          ratio(r["fast_over_closed_linear"]), ratio(r["fast_over_closed_TxT"]),
-                         ratio(g["fast"]), ratio(g["closed_TxT"]),
-                         f"{sec(r['compile_s']['fast'])} / {sec(r['compile_s']['fast+grad'])}"])
+                         ratio(g.get("fast")), ratio(g.get("closed_TxT")),
+                         f"{sec(r['compile_s']['fast'])} / {sec(r['compile_s'].get('fast+grad'))}"])
         lines += table(["protocol", "m", "closed form, linear", "closed form, T x T", "fast path",
                         "fast / linear", "fast / T x T", "fwd+grad / fwd, fast", "fwd+grad / fwd, T x T",
                         "compile fast: fwd / fwd+grad"], rows)
@@ -181,7 +183,7 @@ def targets(res):
     acc = [r["fast_f32_err"] for r in res.get("accuracy", [])]
     add("fast-path read-out error vs tight solve (float32, max over cases)", "<= 1e-4",
         max(acc) if acc else None, sci, lambda x: x <= 1e-4)
-    g = [r["grad_over_fwd"]["fast"] for r in main]
+    g = [r["grad_over_fwd"]["fast"] for r in main if "grad_over_fwd" in r]
     add("fast-path forward+grad / forward, max over m and protocols", "<= 3x", max(g) if g else None,
         ratio, lambda x: x <= 3.0)
     return ["**Targets** (from the measurements above):", ""] + table(["quantity", "target", "measured", "met"], rows)
