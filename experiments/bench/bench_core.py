@@ -520,6 +520,26 @@ def fit_exponent(xs, ts, lo, hi):
     return dict(exponent=float(np.polyfit(lx, lt, 1)[0]), fit_range=[pts[0][0], pts[-1][0]], points=len(pts))
 
 
+def t_exponents(rows_T, fit_T):
+    """Power-law exponents of forward time in T per protocol/method, and of the time
+    relative to the linear closed form (machine effects common to both -- caches, memory
+    bandwidth -- cancel there; the algorithmic excess over linear remains)."""
+    exps = {}
+    for protocol in PROTOCOLS:
+        rows = [r for r in rows_T if r["protocol"] == protocol]
+        Ts = [r["T"] for r in rows]
+        lin = [r["fwd_ms"].get("closed_linear") for r in rows]
+        for kind in ("fast", "closed_linear", "closed_TxT"):
+            ts = [r["fwd_ms"].get(kind) for r in rows]
+            e = fit_exponent(Ts, ts, *fit_T)
+            if e and kind != "closed_linear":
+                rel = fit_exponent(Ts, [None if t is None or b is None else t / b for t, b in zip(ts, lin)], *fit_T)
+                if rel:
+                    e["exponent_over_closed_linear"] = rel["exponent"]
+            exps[f"{protocol}/{kind}"] = e
+    return exps
+
+
 def run_scaling(cfg, key):
     out = {"T": [], "m": []}
     done = {}
@@ -556,15 +576,13 @@ def run_scaling(cfg, key):
                     + ", ".join(f"{n} {x['median_ms']:.3g} ms" for n, x in t.items())
                     + (f" | temp memory fast {infos['fast']['temp_bytes'] / 2**20:.1f} MiB"
                        if infos.get("fast", {}).get("temp_bytes") is not None else ""))
-    exps = {}
-    for protocol in PROTOCOLS:
-        rows = [r for r in out["T"] if r["protocol"] == protocol]
-        for kind in ("fast", "closed_linear", "closed_TxT"):
-            e = fit_exponent([r["T"] for r in rows], [r["fwd_ms"].get(kind) for r in rows], *cfg["fit_T"])
-            exps[f"{protocol}/{kind}"] = e
-            if e:
-                log(f"[scaling T] {protocol:13s} {kind:14s} time ~ T^{e['exponent']:.2f} "
-                    f"(T = {e['fit_range'][0]}..{e['fit_range'][1]}, {e['points']} points)")
+    exps = t_exponents(out["T"], cfg["fit_T"])
+    for name, e in exps.items():
+        if e:
+            log(f"[scaling T] {name:28s} time ~ T^{e['exponent']:.2f} "
+                f"(T = {e['fit_range'][0]}..{e['fit_range'][1]}, {e['points']} points)"
+                + (f"; time / linear closed form ~ T^{e['exponent_over_closed_linear']:.2f}"
+                   if "exponent_over_closed_linear" in e else ""))
     out["T_exponents"] = exps
     out["T_budget_s"] = cfg["scale_budget_s"]
     return out
