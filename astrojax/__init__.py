@@ -9,7 +9,7 @@ from .features import (
     SaturatingFeatures,
     make_feature_map,
 )
-from .integrate import DiffraxPath, FastPath, Readout, Trace, integrate
+from .integrate import RESULTS, AbstractMethod, DiffraxPath, FastPath, Readout, SaveAt, Solution, Trace, integrate, solve
 from .oracles import leaky_random_feature_attention, random_feature_attention, softmax_attention
 from .protocol import Protocol
 from .simulate import simulate_attention
@@ -29,6 +29,11 @@ __all__ = [
     "Readout",
     "Trace",
     "integrate",
+    "solve",
+    "SaveAt",
+    "Solution",
+    "RESULTS",
+    "AbstractMethod",
     "AbstractFeatureMap",
     "PerformerFeatures",
     "SaturatingFeatures",

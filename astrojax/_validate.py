@@ -90,5 +90,5 @@ def check_qkv(q, k, v, *, D_from_q: bool = True):
 
 
 def fourth_root_scale(D: int) -> float:
-    """The D**-1/4 query/key scaling of MODEL.md section 1."""
+    """The D**-1/4 query/key scaling of docs/model.md ("Notation")."""
     return 1.0 / math.sqrt(math.sqrt(D))

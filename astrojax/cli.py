@@ -105,6 +105,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "train the digits ViT teacher (scikit-learn digits, about a minute on CPU)",
         hydra_app("teacher_digits", "astrojax.teachers._jobs:teacher_digits_job"),
     ),
+    "teacher-gpt": Subcommand("train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)", hydra_app("teacher_gpt", "astrojax.teachers._gpt:teacher_gpt_job")),
     "train": Subcommand(
         "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
         sweep_checked("train", hydra_app("train", "astrojax.train.app:train_job"), "astrojax.sweep:check_train_job"),
@@ -206,40 +207,7 @@ def validate_simulate_config(c: dict) -> None:
     _bool("trace", c["trace"])
 
 
-def load_inputs(path: str) -> dict[str, Any]:
-    """Read and check ``q, k, v`` (and optional ``W``) from an .npz file (numpy arrays)."""
-    import numpy as np
-
-    from ._io import read_npz
-
-    key = "config key `inputs`"
-    z = read_npz(path, ConfigError, key)
-    missing = [n for n in ("q", "k", "v") if n not in z]
-    if missing:
-        raise ConfigError(
-            f"{key}: {path} lacks array(s) {missing}; expected q (T,D), k (T,D), v (T,Dv) and "
-            f"optional W (m,D), found {sorted(z)}"
-        )
-    out = {}
-    for n in ("q", "k", "v", "W"):
-        if n not in z:
-            continue
-        x = z[n]
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ConfigError(f"{key}: array `{n}` in {path} must be real numbers, got dtype {x.dtype}")
-        if x.ndim != 2 or 0 in x.shape:
-            raise ConfigError(f"{key}: array `{n}` in {path} must be a non-empty matrix, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ConfigError(f"{key}: array `{n}` in {path} contains NaN or inf")
-        out[n] = x.astype(np.float64)
-    q, k, v = out["q"], out["k"], out["v"]
-    if q.shape != k.shape:
-        raise ConfigError(f"{key}: arrays `q` and `k` in {path} must have the same shape (T,D), got {q.shape} and {k.shape}")
-    if v.shape[0] != q.shape[0]:
-        raise ConfigError(f"{key}: array `v` in {path} must have T={q.shape[0]} rows like q, got shape {v.shape}")
-    if "W" in out and out["W"].shape[1] != q.shape[1]:
-        raise ConfigError(f"{key}: array `W` in {path} must have shape (m, D={q.shape[1]}), got {out['W'].shape}")
-    return out
+from ._io import load_inputs  # noqa: E402  (moved to _io: shared with `astrojax record`)
 
 
 # ---------------------------------------------------------------- simulate job

@@ -1,4 +1,4 @@
-r"""The neuron--astrocyte vector field of MODEL.md section 4 and its parameters.
+r"""The neuron--astrocyte vector field of docs/model.md ("Continuous-time equations") and its parameters.
 
 One attention head. Time is measured in token windows (a window has length 1); every
 time constant below is in window units (e.g. ``tau_h = 0.02`` is a 20 ms neuron for
@@ -15,7 +15,7 @@ write gate ``w``, read gate ``r`` and read gain ``g``::
     tau_a da/dt = r g p . h     - a                      astrocyte response
     tau_y dy/dt = r g H h       - a y                    outputs, shunted by the astrocyte
 
-The read gain ``g = 1 / (tokens written so far)`` keeps ``a = O(1)`` (MODEL.md "Scales":
+The read gain ``g = 1 / (tokens written so far)`` keeps ``a = O(1)`` (docs/model.md, "Conventions":
 1/T in the bidirectional protocol, 1/(t+1) in the causal one), which keeps the shunting
 rate ``a / tau_y`` of order ``1/tau_y`` rather than ``T/tau_y``. The divisive
 gliotransmission of the paper appears as the shunting term ``-a y``: at steady state
@@ -40,7 +40,7 @@ lambda_p   process-calcium leak (rate lambda_p / tau_p)    1         0.0
 In the timescale limit (``tau_h, tau_a, tau_y << 1``, no leak) the read-out at the end
 of each reading window is ``rho * RFA`` with ``rho = (eta_H / tau_H) / (eta_p / tau_p)``
 (1 with the defaults). References: Kozachkov, Kastanenka & Krotov, PNAS 120 (2023)
-e2219150120; MODEL.md section 4 (the continuous-time formulation is ours).
+e2219150120; docs/model.md (the continuous-time formulation is ours).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Hidden-neuron feature maps :math:`\phi` (MODEL.md section 1).
+r"""Hidden-neuron feature maps :math:`\phi` (docs/model.md).
 
 Each map turns a (scaled) query or key ``x`` of shape ``(..., D)`` into the firing
 rates of ``m`` hidden neurons, ``(..., m)``, such that ``phi(x) . phi(y)`` estimates

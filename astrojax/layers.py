@@ -4,7 +4,7 @@ block, a stack.
 :class:`SoftmaxAttention` is the teacher's attention; :class:`NeuronAstrocyteAttention`
 is a drop-in for it on one sequence ``(T, d_model)`` (``jax.vmap`` for batches). Each
 neuron--astrocyte head has its own hidden population (feature map), synapses, processes
-and astrocyte (MODEL.md: one astrocytic domain per head); head outputs are concatenated
+and astrocyte (docs/model.md: one astrocytic domain per head); head outputs are concatenated
 and mixed by ``W_O``. :meth:`NeuronAstrocyteAttention.from_softmax` transfers a trained
 teacher's projections (the paper's "weight transfer").
 

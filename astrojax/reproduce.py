@@ -3,7 +3,7 @@ r"""The paper's experiment on real teachers: ``astrojax reproduce``.
 For every layer and head of a softmax teacher (MiniLM on a text, or the digits ViT on an
 image) the paper's weight-transfer construction is built -- the teacher's ``q, k, v``
 drive a neuron--astrocyte network with ``m`` *random* hidden neurons -- and the network is
-**simulated** (the ODE of MODEL.md §4, fast path by default) as well as evaluated in closed
+**simulated** (the ODE of docs/model.md, fast path by default) as well as evaluated in closed
 form (random-feature attention). Both are compared with the teacher:
 
 - ``r_aZ``: Pearson correlation over tokens of the astrocyte response ``a_t`` with the
@@ -13,7 +13,7 @@ form (random-feature attention). Both are compared with the teacher:
   head output, ``y`` the read-out divided by the read-out ratio ``rho`` of the params).
 
 Nothing here is trained or tuned: it measures how far the random construction is from the
-teacher (MODEL.md §3); ``astrojax train`` closes the gap.
+teacher (docs/model.md, "The random construction on a real model"); ``astrojax train`` closes the gap.
 
 Python API: :func:`reproduce` (arrays in, metrics out) and :func:`run_reproduce` (the job).
 """

@@ -180,7 +180,7 @@ def closed_form_rfa(phi_k, phi_q, v, causal):
 
 def scipy_sample(phi_k, phi_q, v, ts, *, protocol, tau_h, tau_H, tau_p, tau_a, tau_y,
                  eta_H=1.0, eta_p=1.0, lambda_H=0.0, lambda_p=0.0, write_delay=0.0,
-                 rtol=1e-10, atol=1e-12, method="LSODA", gain_control=False):
+                 rtol=1e-10, atol=1e-12, method="LSODA", gain_control=True):
     """The full state sampled at arbitrary times ``ts`` (window units, within [0, 2T]).
 
     Written separately from :func:`scipy_simulate` (same equations, own right-hand

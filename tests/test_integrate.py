@@ -102,7 +102,7 @@ def test_float32_matches_float64(kind):
 
 
 def test_write_delay_removes_onset_lag():
-    """docs/model.md floors: with the gate open all window the read-out is off by ~0.31 tau_h;
+    """docs/model.md, "Timescale limit and measured floors": with the gate open all window the read-out is off by ~0.31 tau_h;
     a 0.2-window delay brings it to the 1e-6 level (tau = 0.02)."""
     q, k, v, W = _head(T=16, seed=3)
     P = aj.NeuronAstrocyteParams(tau_h=0.02, tau_a=0.02, tau_y=0.02)

@@ -99,7 +99,7 @@ def test_reproduce_minilm_end_to_end(minilm_run):
             vals = [r["simulated"][name] for r in sel]
             assert s["simulated"][name]["median"] == pytest.approx(np.median(vals), rel=1e-9)
     by_m = {s["m"]: s["closed_form"] for s in saved["summary"]}
-    # the random construction is far from the teacher, and improves with m (MODEL.md §3)
+    # the random construction is far from the teacher, and improves with m (docs/model.md, "The random construction on a real model")
     assert by_m[512]["y_rel_err"]["median"] < by_m[64]["y_rel_err"]["median"]
     assert by_m[512]["y_rel_err"]["median"] > 0.2
 

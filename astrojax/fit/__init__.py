@@ -4,7 +4,8 @@
   documented keys, or a single-trace ``.csv``); see :mod:`astrojax.fit.recording`.
 - :func:`fit_recording`: Levenberg--Marquardt / Gauss--Newton (optimistix) or Adam
   (optax) through a diffrax simulation, several restarts as one vmapped batch, standard
-  errors from the Gauss--Newton (Fisher) approximation; see :mod:`astrojax.fit.fit`.
+  errors from the Gauss--Newton (Fisher) approximation; see :mod:`astrojax.fit.fit`
+  (split by concern into ``transforms``, ``problem``, ``solvers``, ``stats``, ``results``).
 - :func:`synthesize`: synthetic recordings from known parameters with chosen noise.
 - :func:`simulate_traces`: the trace simulator (state variables at arbitrary times).
 
@@ -18,6 +19,7 @@ from .fit import (
     FitError,
     FitProblem,
     FitResult,
+    FitWarning,
     build_problem,
     fit_recording,
     parameter_names,
@@ -47,6 +49,7 @@ __all__ = [
     "fit_recording",
     "FitResult",
     "FitError",
+    "FitWarning",
     "FitProblem",
     "build_problem",
     "residual_vector",

@@ -17,7 +17,9 @@ import io
 import math
 import os
 import re
+import sys
 import time
+import warnings
 
 from .._config import ConfigError, _bool, _choice, _pos_int, _real, check_keys, run_in_hydra_dir
 
@@ -232,7 +234,7 @@ def run_fit(cfg, out_dir: str):
     from omegaconf import OmegaConf
 
     from .._io import save_json, save_npz
-    from .fit import fit_recording
+    from .fit import FitWarning, fit_recording
     from .model import ODESettings
     from .recording import load_recording
 
@@ -247,12 +249,14 @@ def run_fit(cfg, out_dir: str):
     print(f"astrojax fit: {rec.source}: T={rec.T} tokens ({rec.protocol}), {len(rec.t)} samples, observed "
           f"{sorted(rec.observed)}; free {c['free']}; {c['method']} with {c['restarts']} restarts")
     t0 = time.perf_counter()
-    res = fit_recording(
-        rec, free=c["free"], init=init, bounds=c["bounds"], priors=c["priors"], observe=c["observe"],
-        noise=c["noise"], method=c["method"], restarts=c["restarts"], seed=c["seed"], init_spread=c["init_spread"],
-        max_iters=c["max_iters"], tol=c["tol"], learning_rate=c["learning_rate"], m=c["m"],
-        feature_seed=c["feature_seed"], settings=settings, dtype=dtype, progress=c["progress"],
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)  # the report below prints each one once
+        res = fit_recording(
+            rec, free=c["free"], init=init, bounds=c["bounds"], priors=c["priors"], observe=c["observe"],
+            noise=c["noise"], method=c["method"], restarts=c["restarts"], seed=c["seed"],
+            init_spread=c["init_spread"], max_iters=c["max_iters"], tol=c["tol"], learning_rate=c["learning_rate"],
+            m=c["m"], feature_seed=c["feature_seed"], settings=settings, dtype=dtype, progress=c["progress"],
+        )
     wall = time.perf_counter() - t0
     summary = res.to_json()
     summary["wall_time_s"] = wall
@@ -308,12 +312,29 @@ def _report(res, wall) -> str:
     return "\n".join(lines)
 
 
+def _input_errors_exit_2(command: str, run, failures):
+    """``run`` with each ``(exception type, label)`` of ``failures`` -- bad input files
+    and arguments -- reported as one line ``astrojax <command>: <label>: <message>`` and
+    exit status 2, like a config error."""
+
+    def guarded(cfg, out_dir):
+        try:
+            return run(cfg, out_dir)
+        except tuple(t for t, _ in failures) as e:
+            label = next(lab for t, lab in failures if isinstance(e, t))
+            print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return guarded
+
+
 def fit_job(cfg) -> None:
     """Hydra task of ``astrojax fit``."""
     from .fit import FitError
     from .recording import RecordingError
 
-    run_in_hydra_dir("fit", run_fit, cfg, failures=((RecordingError, "bad recording"), (FitError, "error")))
+    run_in_hydra_dir("fit", _input_errors_exit_2("fit", run_fit, ((RecordingError, "bad recording"),
+                                                                  (FitError, "error"))), cfg)
 
 
 # --------------------------------------------------------------------------- record
@@ -331,15 +352,13 @@ def run_record(cfg, out_dir: str):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from .._io import save_json
+    from .._io import check_writable, load_inputs, save_json
     from .model import ODESettings
     from .recording import save_recording, save_trace_csv
     from .synth import synthesize
 
     q = k = v = W = None
     if c["inputs"]:
-        from ..cli import load_inputs
-
         inp = load_inputs(_abs(c["inputs"]))  # ConfigError naming `inputs`
         q, k, v, W = inp["q"], inp["k"], inp["v"], inp.get("W")
     dtype = jnp.float64 if c["x64"] else jnp.float32
@@ -348,6 +367,7 @@ def run_record(cfg, out_dir: str):
     observe = c["observe"] if isinstance(c["observe"], list) else [c["observe"]]
     os.makedirs(out_dir, exist_ok=True)
     out = _abs(c["out"]) if c["out"] else os.path.join(out_dir, "recording.npz")
+    check_writable(out, "out")  # before the simulation: a bad path fails at once
     rec = synthesize(
         c["params"], T=c["T"], D=c["D"], Dv=c["Dv"], m=c["m"], protocol=c["protocol"], write_delay=c["write_delay"],
         window=c["window"], samples_per_window=c["samples_per_window"], observe=tuple(observe),
@@ -392,4 +412,5 @@ def record_job(cfg) -> None:
     """Hydra task of ``astrojax record``."""
     from .recording import RecordingError
 
-    run_in_hydra_dir("record", run_record, cfg, failures=((RecordingError, "bad recording"), (ValueError, "error")))
+    run_in_hydra_dir("record", _input_errors_exit_2("record", run_record, ((RecordingError, "bad recording"),)), cfg,
+                     failures=((ValueError, "error"),))

@@ -1,17 +1,15 @@
-r"""Trace simulator: the MODEL.md state variables sampled at arbitrary times.
+r"""Trace simulator: the model's state variables sampled at arbitrary times, through the
+core's one method API (:func:`astrojax.integrate.solve` with ``SaveAt(ts=..., fn=...)``).
 
-One ``diffrax.diffeqsolve`` over the whole episode (``2 T`` windows, time in windows).
-The vector field (:func:`astrojax.dynamics.vector_field`) reads the current window's
-piecewise-constant inputs -- feature drive ``f = phi(u)``, value ``v``, write gate ``w``
-(opening ``write_delay`` into a write window), read gate ``r`` and read gain ``g`` of
-:meth:`astrojax.Protocol.schedule` -- from ``floor(t)``. The step-size controller is told
-about every discontinuity (window edges and gate openings, ``ClipStepSizeController(
-jump_ts=...)``), so no step straddles one, and ``SaveAt(ts=t, fn=...)`` keeps only the
-observed projections at the sample times (dense output inside a smooth step).
+The default method is the fast path (exact window solutions; the read-out on a graded
+mesh from the window start to each sample time), which takes any sample times, not
+only window ends, and any feature map (performer weights ``W``, learned or dendritic
+maps). ``ODESettings(method="diffrax")`` integrates with ``diffrax.diffeqsolve`` per
+constant-input segment instead (adaptive Tsit5, ``rtol``/``atol``), the reference.
 
-The solve is jit-, vmap- and differentiable: forward mode (``jacobian="fwd"``,
-``diffrax.ForwardMode``, the right choice for least squares, where there are many more
-residuals than parameters) or reverse mode (``"bwd"``, ``RecursiveCheckpointAdjoint``).
+The solve is jit-, vmap- and differentiable in forward mode (``jacobian="fwd"``, the
+right choice for least squares, where there are many more residuals than parameters)
+or reverse mode (``"bwd"``).
 """
 
 from __future__ import annotations
@@ -24,81 +22,79 @@ import numpy as np
 import diffrax
 
 from .._validate import check_int, check_positive
-from ..dynamics import NeuronAstrocyteParams, State, vector_field, zero_state
-from ..features import PerformerFeatures
+from ..dynamics import NeuronAstrocyteParams, State
+from ..features import AbstractFeatureMap, PerformerFeatures
+from ..integrate import RESULTS, DiffraxPath, FastPath, SaveAt
 from ..protocol import Protocol, as_protocol
-from ..simulate import head_drives
+from ..simulate import solve_head
 
 __all__ = ["ODESettings", "Episode", "make_episode", "simulate_traces", "default_readout", "JACOBIANS"]
 
 JACOBIANS = ("fwd", "bwd")
+METHODS = ("fast", "diffrax")
 
 
 class ODESettings(eqx.Module):
     """Solver settings of the trace simulator.
 
     Args:
-        rtol, atol: PID step-size control tolerances (``Tsit5``).
-        max_steps: step limit of the whole episode; a solve that hits it returns NaN
-            traces (the fit treats them as a failed evaluation).
-        jacobian: ``"fwd"`` (``diffrax.ForwardMode``: ``jax.jvp``/``jacfwd``, the default
-            for least squares) or ``"bwd"`` (``RecursiveCheckpointAdjoint``: ``jax.grad``,
-            for gradient descent on many parameters, e.g. a free ``W``).
+        rtol, atol: PID step-size control tolerances (Diffrax path).
+        max_steps: step limit per segment (Diffrax path); a solve that hits it returns
+            NaN traces (the fit treats them as a failed evaluation).
+        jacobian: ``"fwd"`` (forward mode, the default for least squares) or ``"bwd"``
+            (reverse mode, for gradient descent on many parameters, e.g. a free ``W``).
+        method: ``"fast"`` (default: :class:`~astrojax.integrate.FastPath`) or
+            ``"diffrax"`` (:class:`~astrojax.integrate.DiffraxPath`).
+        n_sub: read-out sub-steps of the fast path.
     """
 
     rtol: float = eqx.field(static=True, default=1e-6)
     atol: float = eqx.field(static=True, default=1e-8)
     max_steps: int = eqx.field(static=True, default=16384)
     jacobian: str = eqx.field(static=True, default="fwd")
+    method: str = eqx.field(static=True, default="fast")
+    n_sub: int = eqx.field(static=True, default=32)
 
     def __post_init__(self):
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
         check_int("max_steps", self.max_steps)
+        check_int("n_sub", self.n_sub)
         if self.jacobian not in JACOBIANS:
             raise ValueError(f"`jacobian` must be one of {list(JACOBIANS)}, got {self.jacobian!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {list(METHODS)}, got {self.method!r}")
+
+    def integrator(self):
+        if self.method == "fast":
+            return FastPath(n_sub=self.n_sub, form="recurrent")
+        adjoint = diffrax.ForwardMode() if self.jacobian == "fwd" else diffrax.RecursiveCheckpointAdjoint()
+        return DiffraxPath(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps, adjoint=adjoint)
 
 
 class Episode(eqx.Module):
-    """The stimulus of one episode as arrays (build with :func:`make_episode`)."""
+    """The stimulus of one episode (build with :func:`make_episode`)."""
 
     q: jax.Array  # (T, D) queries (unscaled)
     k: jax.Array  # (T, D)
-    V: jax.Array  # (J, Dv) value presented in window j (0 in read windows)
-    source: jax.Array  # (J,) int: row of concat([phi_k, phi_q]) driving window j
-    write: jax.Array  # (J,) write gate (0/1) once open
-    read: jax.Array  # (J,) read gate
-    gain: jax.Array  # (J,) read gain
-    open_t: jax.Array  # (J,) time the write gate opens in window j (j + write_delay)
-    jump_ts: jax.Array  # (K,) every discontinuity of the inputs
-    num_windows: int = eqx.field(static=True)
+    v: jax.Array  # (T, Dv)
+    protocol: Protocol = eqx.field(static=True)
+
+    @property
+    def num_windows(self) -> int:
+        return 2 * self.q.shape[0]
 
 
 def make_episode(q, k, v, protocol: str | Protocol = "bidirectional", write_delay: float | None = None,
-                 dtype=None) -> Episode:
-    """Stimulus arrays of one episode: ``q, k`` ``(T, D)``, ``v`` ``(T, Dv)``."""
+                 dtype=None, gain_control: bool | None = None) -> Episode:
+    """Stimulus of one episode: ``q, k`` ``(T, D)``, ``v`` ``(T, Dv)``; ``write_delay`` and
+    ``gain_control`` override the protocol's."""
     protocol = as_protocol(protocol)
-    if write_delay is not None:
-        protocol = Protocol(protocol.kind, write_delay)
+    protocol = Protocol(protocol.kind, protocol.write_delay if write_delay is None else write_delay,
+                        protocol.gain_control if gain_control is None else gain_control, protocol.read_gain)
     dtype = dtype or jnp.result_type(float)
     q, k, v = (jnp.asarray(x, dtype) for x in (q, k, v))
-    T = q.shape[0]
-    s = protocol.schedule(T)
-    J = s.num_windows
-    d = s.write_delay
-    V = jnp.zeros((J, v.shape[1]), dtype).at[s.write_idx].set(v)
-    idx = np.arange(J, dtype=np.float64)
-    open_t = idx + np.where(s.write, d, 0.0)
-    jumps = set(idx[1:].tolist())
-    if d > 0:
-        jumps |= set(open_t[s.write].tolist())
-    jump_ts = np.array(sorted(jumps), np.float64) if jumps else np.array([float(J)], np.float64)
-    return Episode(
-        q=q, k=k, V=V,
-        source=jnp.asarray(s.source, jnp.int32),
-        write=jnp.asarray(s.write, dtype), read=jnp.asarray(s.read, dtype), gain=jnp.asarray(s.gain, dtype),
-        open_t=jnp.asarray(open_t, dtype), jump_ts=jnp.asarray(jump_ts, dtype), num_windows=J,
-    )
+    return Episode(q=q, k=k, v=v, protocol=protocol)
 
 
 def default_readout(x: str, width: int, m: int, Dv: int) -> np.ndarray:
@@ -117,30 +113,17 @@ def default_readout(x: str, width: int, m: int, Dv: int) -> np.ndarray:
 
 
 def _state_var(s: State, x: str):
-    return {"a": s.a[None], "p": s.p, "h": s.h, "y": s.y}[x]
-
-
-class _Field(eqx.Module):
-    """The vector field with the current window's inputs looked up from ``floor(t)``
-    (a module, not a closure: equal across calls, so diffrax's compiled solve is reused)."""
-
-    num_windows: int = eqx.field(static=True)
-
-    def __call__(self, t, s, args):
-        P, F, V, write, read, gain, open_t, _ = args
-        j = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, self.num_windows - 1)
-        w = write[j] * (t >= open_t[j]).astype(F.dtype)
-        return vector_field(t, s, (P, F[j], V[j], w, read[j], gain[j]))
+    return {"a": s.a[..., None], "p": s.p, "h": s.h, "y": s.y}[x]
 
 
 class _Saver(eqx.Module):
     """``SaveAt(fn=...)``: the read-out projections of the observed variables."""
 
     names: tuple = eqx.field(static=True)
+    Cs: tuple
 
-    def __call__(self, t, s, args):
-        Cs = args[-1]
-        return tuple(C @ _state_var(s, x) for x, C in zip(self.names, Cs))
+    def __call__(self, s):
+        return tuple(C @ _state_var(s, x) for x, C in zip(self.names, self.Cs))
 
 
 def simulate_traces(params: NeuronAstrocyteParams, W, episode: Episode, ts, readouts: dict,
@@ -150,9 +133,11 @@ def simulate_traces(params: NeuronAstrocyteParams, W, episode: Episode, ts, read
     Args:
         params: :class:`~astrojax.NeuronAstrocyteParams`.
         W: ``(m, D)`` hidden-neuron input weights of the performer map
-            ``phi(x) = exp(W x - |x|^2/2) / sqrt(m)`` (applied to ``x = q/D**(1/4)``).
+            ``phi(x) = exp(W x - |x|^2/2) / sqrt(m)`` (applied to ``x = q/D**(1/4)``), or
+            any positive :class:`~astrojax.features.AbstractFeatureMap`.
         episode: :func:`make_episode`.
-        ts: ``(N,)`` non-decreasing sample times in ``[0, 2T]``.
+        ts: ``(N,)`` non-decreasing sample times in ``[0, 2T]`` (any times: window
+            edges belong to the window that ends there).
         readouts: ``{x: C}`` with ``x`` in ``a, p, h, y`` and ``C`` a ``(c, dim)``
             read-out matrix (:func:`default_readout`); the state starts at zero.
         settings: :class:`ODESettings`.
@@ -162,39 +147,27 @@ def simulate_traces(params: NeuronAstrocyteParams, W, episode: Episode, ts, read
     """
     dtype = episode.q.dtype
     D = episode.q.shape[1]
-    if jnp.ndim(W) != 2 or jnp.shape(W)[1] != D:
-        raise ValueError(f"`W` must have shape (m, D={D}), got {jnp.shape(W)}")
+    if isinstance(W, AbstractFeatureMap):
+        fmap = W
+        if fmap.in_dim != D:
+            raise ValueError(f"the feature map takes D={fmap.in_dim} inputs, the episode has D={D}")
+    else:
+        if jnp.ndim(W) != 2 or jnp.shape(W)[1] != D:
+            raise ValueError(f"`W` must have shape (m, D={D}), got {jnp.shape(W)}")
+        fmap = PerformerFeatures(W)
     if jnp.ndim(ts) != 1:
         raise ValueError(f"`ts` must be a vector of sample times, got shape {jnp.shape(ts)}")
-    dims = {"a": 1, "p": jnp.shape(W)[0], "h": jnp.shape(W)[0], "y": episode.V.shape[1]}
+    m = fmap.num_features
+    dims = {"a": 1, "p": m, "h": m, "y": episode.v.shape[1]}
     for x, C in readouts.items():
         if x not in dims:
             raise ValueError(f"`readouts`: unknown state variable {x!r}; expected some of {list(dims)}")
         if jnp.ndim(C) != 2 or jnp.shape(C)[1] != dims[x]:
             raise ValueError(f"`readouts[{x!r}]` must have shape (c, {dims[x]}), got {jnp.shape(C)}")
-    fk, fq = head_drives(episode.q, episode.k, PerformerFeatures(W))
-    F = jnp.concatenate([fk, fq], axis=0)[episode.source]  # (J, m)
-    m, Dv = F.shape[1], episode.V.shape[1]
-    J = episode.num_windows
     names = tuple(readouts)
     Cs = tuple(jnp.asarray(readouts[x], dtype) for x in names)
-    controller = diffrax.ClipStepSizeController(
-        diffrax.PIDController(rtol=settings.rtol, atol=settings.atol), jump_ts=episode.jump_ts
-    )
-    adjoint = diffrax.ForwardMode() if settings.jacobian == "fwd" else diffrax.RecursiveCheckpointAdjoint()
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_Field(J)),
-        diffrax.Tsit5(),
-        jnp.asarray(0.0, dtype),
-        jnp.asarray(float(J), dtype),
-        None,
-        zero_state(m, Dv, dtype),
-        args=(params, F, episode.V, episode.write, episode.read, episode.gain, episode.open_t, Cs),
-        saveat=diffrax.SaveAt(ts=jnp.asarray(ts, dtype), fn=_Saver(names)),
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=settings.max_steps,
-        throw=False,
-    )
-    ok = sol.result == diffrax.RESULTS.successful
+    sol = solve_head(fmap, params, episode.q, episode.k, episode.v, episode.protocol, settings.integrator(),
+                     SaveAt(ts=jnp.asarray(ts, dtype) if settings.method == "fast" else np.asarray(ts),
+                            fn=_Saver(names, Cs)))
+    ok = (sol.result == RESULTS.successful) | (sol.result == RESULTS.response_out_of_range)
     return {x: jnp.where(ok, y, jnp.nan) for x, y in zip(names, sol.ys)}

@@ -50,10 +50,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import re
 
 import numpy as np
+from jaxtyping import Float
 
 from ..protocol import PROTOCOLS
 
@@ -92,16 +94,16 @@ class Recording:
     docstring); ``W`` the hidden-neuron input weights or None (then the fit draws them).
     """
 
-    t: np.ndarray
+    t: Float[np.ndarray, " N"]
     window: float
     protocol: str
-    q: np.ndarray
-    k: np.ndarray
-    v: np.ndarray
+    q: Float[np.ndarray, "T D"]
+    k: Float[np.ndarray, "T D"]
+    v: Float[np.ndarray, "T Dv"]
     observed: dict
     write_delay: float = 0.2
     t_start: float = 0.0
-    W: np.ndarray | None = None
+    W: Float[np.ndarray, "m D"] | None = None
     readout: dict = dataclasses.field(default_factory=dict)
     truth: dict = dataclasses.field(default_factory=dict)
     noise: dict = dataclasses.field(default_factory=dict)
@@ -337,7 +339,7 @@ def load_recording(path, stimulus=None, *, m: int | None = None) -> Recording:
                 "(stimulus=<.npz with t-independent keys window, protocol, q, k, v>)"
             )
         t, name, values = _read_csv(path)
-        stim = _read_npz(stimulus)
+        stim = _read_npz(stimulus, "stimulus")
         rec = _from_arrays(stim, os.fspath(stimulus), observed_from=None)
         obs, readout = _csv_observation(path, name, values, rec)
         rec = rec.replace(t=t, observed=obs, readout=readout, noise={}, source=path)
@@ -346,7 +348,7 @@ def load_recording(path, stimulus=None, *, m: int | None = None) -> Recording:
         raise RecordingError(f"recording {path}: expected an .npz archive or a .csv trace, got extension {ext!r}")
     z = _read_npz(path)
     if stimulus is not None:
-        stim = _read_npz(stimulus)
+        stim = _read_npz(stimulus, "stimulus")
         for key in (*_STIMULUS_QKV, *_STIMULUS_TEACHER, "window", "protocol", "write_delay", "t_start", "W"):
             z.pop(key, None)
             if key in stim:
@@ -354,10 +356,10 @@ def load_recording(path, stimulus=None, *, m: int | None = None) -> Recording:
     return _from_arrays(z, path, observed_from=path).validate(m)
 
 
-def _read_npz(path) -> dict:
+def _read_npz(path, what="recording") -> dict:
     from .._io import read_npz
 
-    return read_npz(path, RecordingError, "recording")
+    return read_npz(path, RecordingError, what)
 
 
 def _from_arrays(z: dict, src: str, observed_from) -> Recording:
@@ -442,8 +444,10 @@ def _teacher_qkv(z, src):
 
 
 def _read_csv(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    from .._io import read_text
+
+    text = read_text(path, RecordingError, "recording")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     rows = [r for r in rows if r and any(cell.strip() for cell in r)]
     if not rows:
         raise RecordingError(f"recording {path}: empty CSV; expected a header `t,<x>` and one sample per line")

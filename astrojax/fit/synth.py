@@ -63,7 +63,7 @@ def synthesize(
     settings: ODESettings | None = None,
     dtype=None,
 ) -> Recording:
-    """A synthetic recording of the MODEL.md dynamics with known parameters.
+    """A synthetic recording of the network dynamics (docs/model.md) with known parameters.
 
     Args:
         params: true parameters, a :class:`~astrojax.NeuronAstrocyteParams` or a dict

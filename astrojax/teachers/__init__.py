@@ -1,5 +1,6 @@
 """Softmax transformer teachers: BERT-family encoders from HF directories (MiniLM by
-default) and a small ViT trained here on scikit-learn's digits.
+default), a small ViT trained here on scikit-learn's digits, and a small decoder-only
+character language model (GPT) trained here on the offline prose corpus.
 
 Every teacher is an :class:`AbstractEncoder` whose ``run(inputs)`` returns a
 :class:`TeacherOutput` (hidden states of every layer; per-head q, k, v, attention
@@ -27,6 +28,21 @@ from ._vit import (
     save_digits_vit,
     train_digits_vit,
 )
+from ._gpt import (
+    GPT,
+    CharTokenizer,
+    GPTConfig,
+    GPTTrainConfig,
+    evaluate_gpt,
+    generate,
+    generate_text,
+    gpt_cache_path,
+    gpt_data,
+    gpt_teacher,
+    load_gpt,
+    save_gpt,
+    train_gpt_teacher,
+)
 from ._load import TEACHER_NAMES, Teacher, default_text, load_teacher
 
 __all__ = [
@@ -52,6 +68,19 @@ __all__ = [
     "load_digits_vit",
     "save_digits_vit",
     "train_digits_vit",
+    "GPT",
+    "CharTokenizer",
+    "GPTConfig",
+    "GPTTrainConfig",
+    "evaluate_gpt",
+    "generate",
+    "generate_text",
+    "gpt_cache_path",
+    "gpt_data",
+    "gpt_teacher",
+    "load_gpt",
+    "save_gpt",
+    "train_gpt_teacher",
     "Teacher",
     "TEACHER_NAMES",
     "load_teacher",

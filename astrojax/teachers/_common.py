@@ -4,6 +4,7 @@ weight transfer to neuron--astrocyte layers, and model files with a JSON header.
 from __future__ import annotations
 
 import abc
+import io
 import json
 from typing import NamedTuple
 
@@ -11,7 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._io import atomic_open
+from .._io import atomic_open, payload_checksum, verify_checksum
 from ..layers import HeadRecord, NeuronAstrocyteAttention, SoftmaxAttention
 
 __all__ = [
@@ -116,10 +117,13 @@ def to_neuron_astrocyte(model: AbstractEncoder, num_features: int, *, key, layer
 
 def save_model(path, model: eqx.Module, header: dict) -> str:
     """Write ``model`` with ``eqx.tree_serialise_leaves`` after a one-line JSON header
-    (how to rebuild the skeleton), atomically."""
+    (how to rebuild the skeleton, and the sha256 of the leaves), atomically."""
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, model)
+    header = {**header, **payload_checksum(buf.getvalue())}
     with atomic_open(path, "wb") as f:
         f.write((json.dumps(header, sort_keys=True) + "\n").encode())
-        eqx.tree_serialise_leaves(f, model)
+        f.write(buf.getvalue())
     return str(path)
 
 
@@ -144,12 +148,17 @@ def load_model(path, skeleton: eqx.Module) -> eqx.Module:
     try:
         with open(path, "rb") as f:
             f.readline()
-            model = eqx.tree_deserialise_leaves(f, skeleton)
-            rest = f.read(1)
+            payload = f.read()
+        buf = io.BytesIO(payload)
+        model = eqx.tree_deserialise_leaves(buf, skeleton)
+        rest = buf.read(1)
     except FileNotFoundError:
         raise TeacherError(f"model file {path} does not exist") from None
     except Exception as e:  # numpy raises ValueError/EOFError/OSError for truncated data
-        raise TeacherError(f"model file {path} is truncated or does not match its header: {e}") from None
+        detail = "unreadable array data" if "pickle" in str(e) else str(e)  # never numpy's pickle advice
+        raise TeacherError(f"model file {path} is truncated or damaged, or does not match its header: {detail}") \
+            from None
     if rest:
         raise TeacherError(f"model file {path} has trailing data: it does not match its header")
+    verify_checksum(read_header(path), payload, f"model file {path}", TeacherError)
     return model

