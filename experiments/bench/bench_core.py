@@ -518,8 +518,8 @@ def run_accuracy(cfg, cases, peer_rows):
                    fast_f32_err=rel_err(y32, r["y_ref"]), fast_f64_err=rel_err(r["y_fast64"], r["y_ref"]),
                    closed_form_err=rel_err(ycl, r["y_ref"]), reference_s=r["seconds"])
         rows.append(row)
-        log(f"[accuracy] {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d} batch {c['batch']}: fast f32 {row['fast_f32_err']:.2e}, "
-            f"fast f64 {row['fast_f64_err']:.2e}, closed form (timescale limit) {row['closed_form_err']:.2e}")
+        log(f"[accuracy] {c['protocol']:13s} m={c['m']:5d} T={c['T']:4d} batch {c['batch']}: "
+            f"fast f32 {row['fast_f32_err']:.2e}, fast f64 {row['fast_f64_err']:.2e}, closed form (timescale limit) {row['closed_form_err']:.2e}")
     return rows
 
 
