@@ -182,7 +182,7 @@ class FastPath(AbstractMethod):
             (log depth; for long sequences on GPU/TPU) instead of ``lax.scan``.
     """
 
-    n_sub: int = eqx.field(static=True, default=8)
+    n_sub: int = eqx.field(static=True, default=16)
     chunk: int = eqx.field(static=True, default=32)
     form: str = eqx.field(static=True, default="auto")
     settle_tol: float | None = eqx.field(static=True, default=None)

@@ -85,11 +85,14 @@ def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights, log: bool = False,
             lqs = lq + sk
             sq = jax.lax.stop_gradient(jnp.max(lqs, axis=-1, keepdims=True))
 
-            def row(r):
-                lqs_t, sk_t, sq_t = r
-                return jnp.exp(jnp.minimum(lk - sk_t, 0.0)) @ jnp.exp(lqs_t - sq_t)
+            taus = jnp.arange(T)
 
-            kern = jax.lax.map(row, (lqs, sk, sq), batch_size=min(T, 64))
+            def row(r):
+                lqs_t, sk_t, sq_t, t = r
+                lk_t = jnp.where((taus <= t)[:, None], lk - sk_t, -jnp.inf)  # future keys: weight 0
+                return jnp.exp(lk_t) @ jnp.exp(lqs_t - sq_t)
+
+            kern = jax.lax.map(row, (lqs, sk, sq, taus), batch_size=min(T, 64))
         else:
             sk = jax.lax.stop_gradient(jnp.max(lk, axis=0))  # (m,) per-feature key shift
             lqs = lq + sk
