@@ -477,17 +477,17 @@ def _bidirectional_reads(P, ep: _Episode, par):
     gp = P.eta_p / P.tau_p
     A = jnp.sum(vw) - jnp.cumsum(vw)  # valid write windows after each write
     om = ep.omega[:T] * jnp.exp(ep.mu[:T] - ep.mu[T - 1])  # relative to the final memory scale
-    u = v_w = (gH * om * jnp.exp(-P.decay_H * A))[:, None] * ep.v
+    u = (gH * om * jnp.exp(-P.decay_H * A))[:, None] * ep.v
     up = gp * om * jnp.exp(-P.decay_p * A)
     # sum_i u_i h0_i^T = sum_l (1 - c_l) Z_l F_l^T,  Z_l = u_{l+1} + c_{l+1} Z_{l+1}
     Z = _shift_left(_affine_scan(cw, u, reverse=True, parallel=par))
     Zp = _shift_left(_affine_scan(cw, up, reverse=True, parallel=par))
-    Hmem = ((IH1 - IH2) * v_w + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
+    Hmem = ((IH1 - IH2) * u + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
     pmem = ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp) @ Fw  # (m,)
     Q = _shift_left(jax.lax.scan(lambda c, x: (c * x, c * x), jnp.ones((), dtype), cw, reverse=True)[1]).at[-1].set(1.0)
     h_last = ((1.0 - cw) * Q) @ Fw
     FrH, Frp = Fr @ Hmem.T, Fr @ pmem
-    from_F = (1.0 - cr)
+    from_F = 1.0 - cr
     X = _shift_right(_affine_scan(cr, from_F[:, None] * FrH, Hmem @ h_last, parallel=par), Hmem @ h_last)
     Xp = _shift_right(_affine_scan(cr, from_F * Frp, pmem @ h_last, parallel=par), pmem @ h_last)
     B = jnp.cumsum(vr) - vr  # valid read windows before each read
@@ -521,7 +521,6 @@ def _causal_reads(P, ep: _Episode, C: int):
     valid = padw(ep.valid)
     sigma = padw(ep.sigma)
     mu = padw(ep.mu, jnp.max(ep.mu))  # padded windows: identity, scale unchanged
-    omega = padw(ep.omega)
     vpad = jnp.concatenate([ep.v, jnp.zeros((pad, Dv), dtype)]).reshape(nc, C, Dv)
     c = jnp.exp(-1.0 / P.tau_h)
     IH1, IH2 = _write_integrals(P.decay_H, P.tau_h, d)
@@ -536,7 +535,7 @@ def _causal_reads(P, ep: _Episode, C: int):
 
     def chunk(carry, xs):
         h_end, Hc, pc, mu_c = carry
-        Fc, vc, sc, muc, omc, val = xs
+        Fc, vc, sc, muc, val = xs  # the plasticity factors exp(sigma - mu) enter through `base`
         cw = jnp.where(val > 0, c, 1.0)
         # hidden rates at window starts: h0_j = prod_{i<j} c_i h_end + sum_{l<j} (1-c_l) prod_{l<i<j} c_i F_l
         E = jnp.where(jj[:, None] > jj[None, :], cw[:, None], 1.0)
@@ -581,9 +580,8 @@ def _causal_reads(P, ep: _Episode, C: int):
         pc = sp * pc + ep_ @ Ktp
         return (h_end_new, Hc, pc, mu_e), (Y1, Y2, P1, P2)
 
-    del omega  # the omega factors are exp(sigma - mu) and enter through `base`
     init = (jnp.zeros((m,), dtype), jnp.zeros((Dv, m), dtype), jnp.zeros((m,), dtype), jnp.asarray(_FLOOR, dtype))
-    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (F, vpad, sigma, mu, padw(ep.omega), valid))
+    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (F, vpad, sigma, mu, valid))
     Y1, Y2 = Y1.reshape(nc * C, Dv)[:T], Y2.reshape(nc * C, Dv)[:T]
     P1, P2 = P1.reshape(-1)[:T], P2.reshape(-1)[:T]
     J = 2 * T
