@@ -28,8 +28,7 @@ __all__ = ["ConfigError", "option", "check", "Schema", "to_config", "to_dict", "
            "first_difference"]
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the config key."""
+from ._errors import ConfigError  # noqa: E402  (re-exported: the jobs raise it)
 
 
 # ----------------------------------------------------------------------------- schema fields
