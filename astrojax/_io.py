@@ -103,12 +103,12 @@ def save_json(path, obj) -> str:
 
 
 def check_writable(path, key: str, error: type[Exception] | None = None) -> str:
-    """Raise ``error`` (default :class:`~astrojax._config.ConfigError`) naming config key
+    """Raise ``error`` (default :class:`~astrojax._errors.ConfigError`) naming config key
     ``key`` unless a file can be written at ``path``: not a directory, and its directory
     either exists and accepts a new file, or can be created. Call it before a long job, so
     that a bad output path fails at the start. Returns the absolute path."""
     if error is None:
-        from ._config import ConfigError as error
+        from ._errors import ConfigError as error
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise error(f"config key `{key}`: {path} is a directory; give a file path")
@@ -193,9 +193,9 @@ def read_text(path, error: type[Exception], what: str) -> str:
 
 def load_inputs(path: str) -> dict[str, Any]:
     """Read and check ``q, k, v`` (and optional ``W``) from an .npz file (numpy arrays,
-    float64); every problem is a :class:`~astrojax._config.ConfigError` naming the
+    float64); every problem is a :class:`~astrojax._errors.ConfigError` naming the
     config key ``inputs``."""
-    from ._config import ConfigError
+    from ._errors import ConfigError
 
     key = "config key `inputs`"
     z = read_npz(path, ConfigError, key)

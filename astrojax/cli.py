@@ -69,7 +69,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "~/.cache/astrojax/teachers/ ($ASTROJAX_CACHE), unless out=PATH."),
     "teacher-gpt": Subcommand(
         "train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)",
-        HydraCommand(name="teacher-gpt", config_name="teacher_gpt", task="astrojax.teachers._gpt:teacher_gpt_job",
+        HydraCommand(name="teacher-gpt", config_name="teacher_gpt", task="astrojax.teachers._gpt_job:teacher_gpt_job",
                      summary="train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)")),
     "train": _hydra(
         "train", "train", "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",
