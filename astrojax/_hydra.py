@@ -43,6 +43,7 @@ SCHEMAS = {
     "simulate": "astrojax.simulate_app:SimulateConfig",
     "reproduce": "astrojax.reproduce:ReproduceConfig",
     "teacher_digits": "astrojax.teachers._jobs:TeacherDigitsConfig",
+    "teacher_gpt": "astrojax.teachers._gpt_job:TeacherGPTConfig",
     "train": "astrojax.train.config:TrainConfig",
     "evaluate": "astrojax.train.evaluate_app:EvaluateConfig",
 }

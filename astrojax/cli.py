@@ -70,6 +70,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "teacher-gpt": Subcommand(
         "train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)",
         HydraCommand(name="teacher-gpt", config_name="teacher_gpt", task="astrojax.teachers._gpt_job:teacher_gpt_job",
+                     check="astrojax.teachers._gpt_job:check_teacher_gpt",
                      summary="train the character GPT teacher (causal; pydoc+news prose, a few minutes on CPU)")),
     "train": _hydra(
         "train", "train", "train a neuron-astrocyte network against a transformer teacher (experiment=NAME)",

@@ -25,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 # a training job of a few seconds (plus imports, teacher loading and compilation)
 TINY = ["experiment=quickstart", "m=8", "steps=3", "data.num_chunks=16", "data.chunk_tokens=12", "batch_size=2",
-        "n_sub=1", "log_every=1", "progress=false", "checkpoint_every=100"]
+        "n_sub=2", "log_every=1", "progress=false", "checkpoint_every=100"]
 
 
 def tiny(*extra):

@@ -454,7 +454,7 @@ def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
 
 
 TINY_CLI = ["experiment=quickstart", "m=8", "steps=3", "data.num_chunks=16", "data.chunk_tokens=12", "batch_size=2",
-            "n_sub=1", "log_every=1", "checkpoint_every=1", "progress=false"]
+            "n_sub=2", "log_every=1", "checkpoint_every=1", "progress=false"]
 
 
 @needs_minilm

@@ -1,9 +1,11 @@
 """Command-line job: ``astrojax teacher-gpt`` (train or load the GPT teacher, report
 held-out and unigram perplexities). Kept apart from :mod:`astrojax.teachers._gpt` so the
-model code imports nothing from the job layer (no import cycle through ``_config``).
+model code imports nothing from the job layer.
 
-The key checks below are still hand-written; moving them to a typed schema like
-``teacher-digits`` (:mod:`astrojax.teachers._jobs`) is left to do."""
+The config's typed schema (:class:`TeacherGPTConfig`, registered for ``conf/teacher_gpt.yaml``)
+declares the types and ranges; its values live in the yaml, which states the library's
+defaults (:class:`~astrojax.teachers.GPTTrainConfig`: the model ``load_teacher("gpt")``
+looks for)."""
 
 from __future__ import annotations
 
@@ -11,107 +13,99 @@ import dataclasses
 import os
 import pathlib
 import time
+from typing import Optional
 
 import jax
+from omegaconf import MISSING
 
-from .._errors import ConfigError
+from .._config import ConfigError, Schema, option, path_or_null, to_config
 from ._common import TeacherError
 from ._gpt import GPTConfig, GPTTrainConfig, generate_text, gpt_cache_path, gpt_teacher
 
-__all__ = ["run_teacher_gpt", "teacher_gpt_job"]
+__all__ = ["run_teacher_gpt", "teacher_gpt_job", "TeacherGPTConfig"]
 
 
-def check_keys(c: dict, keys, prefix: str = "") -> None:
-    unknown = [k for k in c if k not in keys]
-    if unknown:
-        raise ConfigError(f"config key `{prefix}{unknown[0]}`: unknown key; expected one of {list(keys)}")
-    missing = [k for k in keys if k not in c]
-    if missing:
-        raise ConfigError(f"config key `{prefix}{missing[0]}`: missing")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _pos_int(key, value, minimum=1):
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"config key `{key}`: expected an integer >= {minimum}, got {value!r}")
-
-
-def _real(key, value, *, positive=False, nonneg=False):
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"config key `{key}`: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"config key `{key}`: expected a positive number, got {value!r}")
-    if nonneg and value < 0:
-        raise ConfigError(f"config key `{key}`: expected a non-negative number, got {value!r}")
-
-
-def _bool(key, value):
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key `{key}`: expected true or false, got {value!r}")
-
-
-_JOB_KEYS = ("out", "force", "seed", "corpus", "heldout_fraction", "steps", "batch_size", "learning_rate",
-             "weight_decay", "warmup_steps", "model", "sample")
-_SAMPLE_KEYS = ("prompt", "steps", "temperature", "seed")
-
-
-def _job_config(c: dict):
-    """``(GPTTrainConfig, out, force, sample)`` from a resolved ``teacher_gpt.yaml``
-    (plain dict); a bad value raises :class:`~astrojax._config.ConfigError` naming its key."""
+def _corpus(key, v):
     from .._corpus import CORPORA
 
-    check_keys(c, _JOB_KEYS)
-    _pos_int("seed", c["seed"], 0)
-    _pos_int("steps", c["steps"])
-    _pos_int("batch_size", c["batch_size"])
-    _pos_int("warmup_steps", c["warmup_steps"], 0)
-    if c["warmup_steps"] >= c["steps"]:
-        raise ConfigError(f"config key `warmup_steps`: expected an integer < steps={c['steps']}, "
-                          f"got {c['warmup_steps']!r}")
-    _real("learning_rate", c["learning_rate"], positive=True)
-    _real("weight_decay", c["weight_decay"], nonneg=True)
-    _real("heldout_fraction", c["heldout_fraction"], positive=True)
-    if not c["heldout_fraction"] <= 0.5:
-        raise ConfigError(f"config key `heldout_fraction`: expected a number in (0, 0.5], got {c['heldout_fraction']!r}")
-    names = c["corpus"].split("+") if isinstance(c["corpus"], str) else None
-    if not names or any(n.strip() not in CORPORA for n in names):
-        raise ConfigError(f"config key `corpus`: expected names from {sorted(CORPORA)} joined by '+' "
-                          f"(e.g. 'pydoc+news'), got {c['corpus']!r}")
-    _bool("force", c["force"])
-    if c["out"] is not None and not (isinstance(c["out"], str) and c["out"].strip()):
-        raise ConfigError(f"config key `out`: expected null (the cache) or a file path, got {c['out']!r}")
-    if not isinstance(c["model"], dict):
-        raise ConfigError(f"config key `model`: expected a mapping of GPTConfig fields, got {c['model']!r}")
-    fields = [f.name for f in dataclasses.fields(GPTConfig)]
-    check_keys(c["model"], fields, "model.")
-    s = c["sample"]
-    if not isinstance(s, dict):
-        raise ConfigError(f"config key `sample`: expected a mapping with keys {list(_SAMPLE_KEYS)}, got {s!r}")
-    check_keys(s, _SAMPLE_KEYS, "sample.")
-    if not isinstance(s["prompt"], str):
-        raise ConfigError(f"config key `sample.prompt`: expected a string, got {s['prompt']!r}")
-    _pos_int("sample.steps", s["steps"], 0)
-    _real("sample.temperature", s["temperature"], nonneg=True)
-    _pos_int("sample.seed", s["seed"], 0)
+    names = v.split("+")
+    if not v or any(n.strip() not in CORPORA for n in names):
+        raise ConfigError(f"config key `{key}`: expected names from {sorted(CORPORA)} joined by '+' "
+                          f"(e.g. 'pydoc+news'), got {v!r}")
+
+
+@dataclasses.dataclass
+class GPTShape:
+    """:class:`~astrojax.teachers.GPTConfig` (``vocab_size`` is fixed by the character vocabulary)."""
+
+    vocab_size: int = option(MISSING, ge=2, help="characters of the vocabulary")
+    context_length: int = option(MISSING, ge=2, help="positions")
+    d_model: int = option(MISSING, ge=1, help="model width")
+    num_heads: int = option(MISSING, ge=1, help="attention heads (must divide d_model)")
+    num_layers: int = option(MISSING, ge=1, help="decoder layers")
+    d_ff: int = option(MISSING, ge=1, help="feed-forward width")
+    eps: float = option(MISSING, gt=0.0, help="layer-norm epsilon")
+
+    def validate(self, key):
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"config key `{key('num_heads')}`: {key('num_heads')}={self.num_heads} must divide "
+                              f"{key('d_model')}={self.d_model}")
+
+
+@dataclasses.dataclass
+class GPTSample:
+    prompt: str = option(MISSING, help="continuations of this prompt go to metrics.json")
+    steps: int = option(MISSING, ge=0, help="characters generated (0: no sample)")
+    temperature: float = option(MISSING, ge=0.0, help="of the sampled continuation (the other is greedy)")
+    seed: int = option(MISSING, ge=0, help="of the sampled continuation")
+
+
+@dataclasses.dataclass
+class TeacherGPTConfig(Schema):
+    """``astrojax teacher-gpt``: train (or load) the character GPT teacher."""
+
+    out: Optional[str] = option(MISSING, check=path_or_null,
+                                help="model file (null: the cache, keyed by a hash of the config)")
+    force: bool = option(MISSING, help="retrain even if the model file exists")
+    seed: int = option(MISSING, ge=0, help="initialisation and training windows")
+    corpus: str = option(MISSING, check=_corpus, help="corpora joined by '+' (news needs gensim)")
+    heldout_fraction: float = option(MISSING, gt=0.0, le=0.5, help="share of documents held out")
+    steps: int = option(MISSING, ge=1, help="optimiser steps")
+    batch_size: int = option(MISSING, ge=1, help="windows of context_length + 1 characters per step")
+    learning_rate: float = option(MISSING, gt=0.0, help="peak learning rate")
+    weight_decay: float = option(MISSING, ge=0.0, help="AdamW weight decay")
+    warmup_steps: int = option(MISSING, ge=0, help="linear warm-up steps (< steps)")
+    model: GPTShape = option(factory=GPTShape)
+    sample: GPTSample = option(factory=GPTSample)
+
+    def validate(self, key):
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"config key `warmup_steps`: expected an integer < steps={self.steps}, "
+                              f"got {self.warmup_steps!r}")
+
+
+def check_teacher_gpt(c: TeacherGPTConfig, run_dir=None) -> None:
+    """The command line's pre-flight: the library's own checks of the config (e.g. the
+    vocabulary size) and a usable ``out``, before Hydra creates the run directory."""
+    _, out, _, _ = _job_config(c)
+    if out is not None and out.is_dir():
+        raise ConfigError(f"config key `out`: expected a file path, got the directory {out}")
+
+
+def _job_config(cfg):
+    """``(GPTTrainConfig, out, force, sample)`` from the job's config (a DictConfig, a plain
+    dict with every key, or a :class:`TeacherGPTConfig`); :class:`ConfigError` naming the key."""
+    c = to_config(TeacherGPTConfig, cfg)
     try:
-        model = GPTConfig(**c["model"])
-    except ValueError as e:
-        field = str(e).split(" ", 1)[0].replace("GPTConfig.", "model.").split("=", 1)[0]
-        raise ConfigError(f"config key `{field}`: {str(e).replace('GPTConfig.', 'model.')}") from None
-    try:
-        config = GPTTrainConfig(model=model, **{k: c[k] for k in (
+        model = GPTConfig(**dataclasses.asdict(c.model))
+        config = GPTTrainConfig(model=model, **{k: getattr(c, k) for k in (
             "corpus", "heldout_fraction", "seed", "steps", "batch_size", "learning_rate", "weight_decay",
             "warmup_steps")})
-    except ValueError as e:
-        raise ConfigError(f"config key `{str(e).split(' ', 1)[0].replace('GPTTrainConfig.', '')}`: "
-                          f"{str(e).replace('GPTTrainConfig.', '')}") from None
-    out = None if c["out"] is None else pathlib.Path(os.path.abspath(os.path.expanduser(c["out"])))
-    return config, out, c["force"], s
+    except ValueError as e:  # the library's own checks (the schema's are the same ranges)
+        text = str(e).replace("GPTConfig.", "model.").replace("GPTTrainConfig.", "")
+        raise ConfigError(f"config key `{text.split(' ', 1)[0].split('=', 1)[0]}`: {text}") from None
+    out = None if c.out is None else pathlib.Path(os.path.abspath(os.path.expanduser(c.out)))
+    return config, out, c.force, dataclasses.asdict(c.sample)
 
 
 def run_teacher_gpt(cfg, out_dir) -> dict:
@@ -119,13 +113,9 @@ def run_teacher_gpt(cfg, out_dir) -> dict:
     teacher, write ``out_dir/metrics.json`` (held-out and unigram perplexities, training
     info, a greedy and a sampled continuation of ``sample.prompt``); returns that dict.
     Config errors raise :class:`~astrojax._config.ConfigError` before any work."""
-    from omegaconf import DictConfig, OmegaConf
-
     from .._io import save_json
 
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    c.pop("hydra", None)
-    config, out, force, s = _job_config(c)
+    config, out, force, s = _job_config(cfg)
     if out is not None and out.is_dir():
         raise ConfigError(f"config key `out`: expected a file path, got the directory {out}")
     cached = (out or gpt_cache_path(config)).is_file() and not force
