@@ -39,13 +39,17 @@ needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="needs the MiniLM teac
 
 
 def run_main(args, capsys):
-    """``(exit status, stdout, stderr)`` of ``astrojax <args>`` run in this process."""
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """``(exit status, stdout, stderr)`` of ``astrojax <args>`` in a subprocess (Hydra
+    reconfigures logging when it runs in-process, which closes pytest's capture handlers)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", *args], capture_output=True, text=True, env=env,
+                       timeout=600)
+    return r.returncode, r.stdout, r.stderr
 
 
 def run_evaluate_job(capsys, **keys):
