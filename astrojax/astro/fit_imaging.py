@@ -190,13 +190,11 @@ def _stack_drives(drive):
         kinds = {type(d) for d in drive}
         if len(kinds) != 1 or not issubclass(kinds.pop(), (SpikeInput, RateInput)):
             raise TypeError("`drive`: a list of drives must hold SpikeInputs only or RateInputs only")
-        shapes = {jax.tree.map(jnp.shape, d) for d in [drive[0]]}
+        shapes0 = [jnp.shape(x) for x in jax.tree.leaves(drive[0])]
         for d in drive[1:]:
-            if jax.tree.structure(d) != jax.tree.structure(drive[0]) or \
-                    jax.tree.leaves(jax.tree.map(jnp.shape, d)) != jax.tree.leaves(jax.tree.map(jnp.shape, drive[0])):
+            if [jnp.shape(x) for x in jax.tree.leaves(d)] != shapes0:
                 raise ValueError("`drive`: every drive in the list must have the same array shapes "
                                  "(pad spike trains with SpikeInput.from_lists)")
-        del shapes
         return jax.tree.map(lambda *x: jnp.stack(x), *drive), len(drive)
     if isinstance(drive, SpikeInput):
         if drive.times.ndim == 1:
@@ -536,7 +534,8 @@ def fit_imaging(
     ``init`` (start and values of the fixed parameters; default NEST's defaults); ``key``
     (PRNG key for the restarts; default ``PRNGKey(0)``); ``lm_rtol``, ``lm_atol``,
     ``max_lm_steps`` (optimistix); ``ode_rtol``, ``ode_atol``, ``max_steps`` (Diffrax);
-    ``warn`` (emit the warning).
+    ``warn`` (emit the warning). Use float64 recordings (``jax_enable_x64``): the Gauss--Newton
+    covariance and the default tolerances assume double precision.
     """
     if not isinstance(recording, ImagingRecording):
         raise TypeError(f"`recording` must be an ImagingRecording, got {type(recording).__name__}")

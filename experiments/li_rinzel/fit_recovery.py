@@ -18,7 +18,7 @@ if the standard errors are calibrated), the median |relative error| and the medi
 relative SE. Writes ``fit_recovery[_<tag>].json`` and ``.md`` next to this script.
 
     python experiments/li_rinzel/fit_recovery.py                       # 6 default free parameters
-    python experiments/li_rinzel/fit_recovery.py --free identifiable --traces 2 --tag all12
+    python experiments/li_rinzel/fit_recovery.py --n 20 --free identifiable --traces 2 --tag all12
 """
 
 from __future__ import annotations
