@@ -16,6 +16,7 @@ computed with shared shifts in log space, so large inputs do not overflow in flo
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -46,48 +47,84 @@ def softmax_weights(q, k, *, causal: bool = False, key_mask=None):
     return jnp.exp(logits - lse[:, None]), lse
 
 
-def softmax_attention(q, k, v, *, causal: bool = False, key_mask=None):
+def _normaliser(log_z, log: bool, name: str):
+    """``log_z`` itself, or ``exp(log_z)`` with an error (also under jit) where it is
+    outside the dtype's range instead of a silent 0 or inf."""
+    if log:
+        return log_z
+    z = jnp.exp(log_z)
+    bad = jnp.any(jnp.isfinite(log_z) & (~jnp.isfinite(z) | (z < jnp.finfo(z.dtype).tiny)))
+    return eqx.error_if(z, bad, f"{name} is outside the float range of the inputs at some token; "
+                                f"pass log=True for its logarithm")
+
+
+def softmax_attention(q, k, v, *, causal: bool = False, key_mask=None, log: bool = False):
     """Softmax self-attention of one head: ``y_t = sum_tau v_tau exp(q~_t.k~_tau) / Z_t``.
 
     ``key_mask`` (optional, ``(T,)`` bool) excludes padding keys from every sum.
-    Returns ``(y, Z)``, ``y`` of shape ``(T, Dv)``, ``Z`` of shape ``(T,)``.
+    Returns ``(y, Z)``, ``y`` of shape ``(T, Dv)``, ``Z`` of shape ``(T,)`` (``log Z`` with
+    ``log=True``; without it, a ``Z`` that over- or underflows the dtype is an error).
     """
     q, k, v = check_qkv(q, k, v)
     w, lse = softmax_weights(q, k, causal=causal, key_mask=key_mask)
-    return w @ v, jnp.exp(lse)
+    return w @ v, _normaliser(lse, log, "the softmax normaliser Z")
 
 
-def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights):
+def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights, log: bool = False, causal_rows: bool = False):
     """``y_t = sum_tau w_{t,tau} v_tau K_{t,tau} / a_t``, ``a_t = sum_tau w K`` with
-    ``K = phi(q~_t) . phi(k~_tau)``; shared shifts keep exponentials in range."""
+    ``K = phi(q~_t) . phi(k~_tau)``. Shifts in log space: one per feature over the keys
+    and one per query row, so every row's largest term is ``O(1)`` (no 0/0 rows)."""
     qs, ks = _scaled(q, k)
     if fmap.positive:
         lq, lk = fmap.log_features(qs), fmap.log_features(ks)
-        # per-query shift (cancels in y) and one shared key shift
-        sq = jax.lax.stop_gradient(jnp.max(lq, axis=-1, keepdims=True))
-        sk = jax.lax.stop_gradient(jnp.max(lk))
-        kern = jnp.exp(lq - sq) @ jnp.exp(lk - sk).T
-        log_scale = sq[:, 0] + sk
+        T = q.shape[0]
+        if causal_rows:
+            # per-feature shift over the keys row t may see (prefix maximum up to t), so
+            # a later, larger key cannot push the allowed ones out of range
+            sk = jax.lax.stop_gradient(jax.lax.cummax(lk, axis=0))  # (T, m)
+            lqs = lq + sk
+            sq = jax.lax.stop_gradient(jnp.max(lqs, axis=-1, keepdims=True))
+
+            taus = jnp.arange(T)
+
+            def row(r):
+                lqs_t, sk_t, sq_t, t = r
+                lk_t = jnp.where((taus <= t)[:, None], lk - sk_t, -jnp.inf)  # future keys: weight 0
+                return jnp.exp(lk_t) @ jnp.exp(lqs_t - sq_t)
+
+            kern = jax.lax.map(row, (lqs, sk, sq, taus), batch_size=min(T, 64))
+        else:
+            sk = jax.lax.stop_gradient(jnp.max(lk, axis=0))  # (m,) per-feature key shift
+            lqs = lq + sk
+            sq = jax.lax.stop_gradient(jnp.max(lqs, axis=-1, keepdims=True))  # (T, 1)
+            kern = jnp.exp(lqs - sq) @ jnp.exp(lk - sk).T
+        log_scale = sq[:, 0]
     else:
         kern = fmap(qs) @ fmap(ks).T
-        log_scale = 0.0
+        log_scale = jnp.zeros(q.shape[:1], q.dtype)
     kern = kern * weights
     a = jnp.sum(kern, axis=-1)
     y = (kern @ v) / a[:, None]
-    return y, a * jnp.exp(log_scale)
+    y = eqx.error_if(y, jnp.any(a == 0), "random-feature attention: a row of the kernel underflows "
+                     "(no allowed key within the float range of the largest one); use float64")
+    if fmap.positive:
+        log_a = jnp.log(jnp.where(a > 0, a, 1.0)) + log_scale
+        return y, _normaliser(log_a, log, "the astrocyte response a")
+    return y, a
 
 
-def random_feature_attention(q, k, v, W, *, causal: bool = False):
+def random_feature_attention(q, k, v, W, *, causal: bool = False, log: bool = False):
     """Random-feature attention (the neuron--astrocyte network's closed form).
 
     ``W`` is the ``(m, D)`` hidden-neuron input weight matrix of the paper's performer
-    map, or any :class:`~astrojax.features.AbstractFeatureMap`. Returns ``(y, a)``.
+    map, or any :class:`~astrojax.features.AbstractFeatureMap`. Returns ``(y, a)`` (``log a``
+    with ``log=True``; without it, an ``a`` outside the dtype's range is an error).
     """
     q, k, v = check_qkv(q, k, v)
     fmap = as_feature_map(W, q.shape[1])
     T = q.shape[0]
     weights = jnp.tril(jnp.ones((T, T), q.dtype)) if causal else jnp.ones((T, T), q.dtype)
-    return _weighted_rfa(q, k, v, fmap, weights)
+    return _weighted_rfa(q, k, v, fmap, weights, log, causal)
 
 
 def leaky_random_feature_attention(q, k, v, W, *, decay, causal: bool = False):
@@ -113,4 +150,4 @@ def leaky_random_feature_attention(q, k, v, W, *, decay, causal: bool = False):
         dist = (T + t[:, None]) - t[None, :]
         mask = jnp.ones((T, T), bool)
     weights = jnp.where(mask, jnp.exp(-decay * jnp.where(mask, dist, 0.0)), 0.0).astype(q.dtype)
-    return _weighted_rfa(q, k, v, fmap, weights)
+    return _weighted_rfa(q, k, v, fmap, weights, causal_rows=causal)

@@ -23,6 +23,7 @@ from ._validate import check_choice
 __all__ = ["Protocol", "Schedule", "PROTOCOLS"]
 
 PROTOCOLS = ("bidirectional", "causal")
+READ_GAINS = ("count", "normalised")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +62,21 @@ class Protocol:
             tokens written so far (the memory is rescaled when ``mu`` grows). The
             timescale limit is unchanged (RFA); the network stays in range and
             settles at any input scale. ``False`` integrates the raw drives ``phi(u)``.
+        read_gain: ``"count"`` (``g = 1 / tokens written so far``, with gain control the
+            effective number ``sum exp(sigma - mu)``) or ``"normalised"`` (``g = 1 /
+            (p . phi(q))`` at the onset of each read window: the astrocyte's response gain
+            adapts to its own drive, so ``a -> 1`` and the shunted read-out settles at any
+            input scale; the read-out's fixed point is unchanged).
     """
 
     kind: str = "bidirectional"
     write_delay: float = 0.2
     gain_control: bool = True
+    read_gain: str = "count"
 
     def __post_init__(self):
         check_choice("protocol", self.kind, PROTOCOLS)
+        check_choice("read_gain", self.read_gain, READ_GAINS)
         if not isinstance(self.gain_control, (bool, np.bool_)):
             raise TypeError(f"`gain_control` must be True or False, got {self.gain_control!r}")
         object.__setattr__(self, "gain_control", bool(self.gain_control))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from ._validate import check_qkv, fourth_root_scale
@@ -29,7 +31,7 @@ def solve_head(fmap: AbstractFeatureMap, params, q, k, v, protocol: Protocol, me
     no defaults. Returns the :class:`~astrojax.integrate.Solution`."""
     dk, dq, positive = head_drives(q, k, fmap)
     if not positive and protocol.gain_control:
-        protocol = Protocol(protocol.kind, protocol.write_delay, gain_control=False)
+        protocol = dataclasses.replace(protocol, gain_control=False)
     return solve(params, dk, dq, v, protocol, method, saveat, key_mask=key_mask, positive=positive)
 
 
@@ -52,6 +54,7 @@ def simulate_attention(
     method: AbstractMethod | None = None,
     trace: bool = False,
     key_mask=None,
+    log: bool = False,
 ):
     """Simulate one head of the neuron--astrocyte network on one episode.
 
@@ -70,6 +73,8 @@ def simulate_attention(
         method: ``FastPath()`` (default) or ``DiffraxPath(...)``.
         trace: also return a :class:`~astrojax.integrate.Trace`.
         key_mask: optional ``(T,)`` bool, False for padding tokens (skipped).
+        log: return ``log a`` instead of ``a`` (finite for inputs of any scale, where
+            ``a`` itself may over- or underflow the dtype).
 
     Returns:
         ``(y, a)``: the read-out ``y`` ``(T, Dv)`` sampled at the end of each reading
@@ -80,8 +85,7 @@ def simulate_attention(
     Raises:
         An error (also under ``jax.jit``, via ``equinox.error_if``) naming the problem if
         an input or parameter is NaN/inf, or if ``a`` is outside the float range of the
-        inputs (use :func:`astrojax.integrate.solve`, whose ``Solution.log_a`` is
-        finite, for such inputs).
+        inputs (pass ``log=True`` for such inputs).
 
     Example:
         >>> y, a = simulate_attention(q, k, v, W)            # doctest: +SKIP
@@ -102,7 +106,9 @@ def simulate_attention(
             raise ValueError(f"`key_mask` must have shape ({q.shape[0]},), got {key_mask.shape}")
     sol = solve_head(fmap, params, q, k, v, protocol, method, SaveAt(trace=trace), key_mask)
     bad = sol.result != RESULTS.successful
-    y, a = sol.result.error_if((sol.y, sol.a), bad)
+    if log:
+        bad = bad & (sol.result != RESULTS.response_out_of_range)
+    y, a = sol.result.error_if((sol.y, sol.log_a if log else sol.a), bad)
     if trace:
         return y, a, sol.trace
     return y, a

@@ -62,15 +62,10 @@ def configs(steps=STEPS, batch=BATCH, seed=0, checkpoint_every=2):
 
 def app_config(**over):
     """tests/test_train.py's tiny quickstart config (as a plain dict)."""
-    from omegaconf import OmegaConf
+    from astrojax._config import to_dict
+    from astrojax._hydra import compose
 
-    import astrojax as aj
-
-    conf = os.path.join(os.path.dirname(aj.__file__), "conf")
-    c = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(os.path.join(conf, "train.yaml")),
-                                               OmegaConf.load(os.path.join(conf, "experiment", "quickstart.yaml"))))
-    c.pop("hydra")
-    c.pop("defaults", None)
+    c = to_dict(compose("train", ["experiment=quickstart"]))
     c.update(m=8, steps=3, batch_size=2, log_every=1, checkpoint_every=5, progress=False)
     c["data"].update(chunk_tokens=12, num_chunks=16)
     c.update(over)

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from astrojax.cli import ConfigError, load_inputs, main
+from astrojax.cli import ConfigError, main
+from astrojax.simulate_app import load_inputs
 
 SMALL = dict(T=6, m=32, D=8, Dv=4)
 # input_scale 0.5: with the default 1.0 some tokens of so small an episode get a tiny
@@ -110,29 +111,94 @@ BAD_CONFIGS = {
 
 @pytest.mark.parametrize("override", list(BAD_CONFIGS))
 def test_simulate_bad_config(tmp_path, capsys, override):
-    """In-process (cheap: no new interpreter); Hydra's logging setup is switched off so
-    the test session's logging is left alone."""
+    """In-process (cheap: no new interpreter): the pre-flight refuses the config before
+    Hydra starts, so nothing is created."""
     key = BAD_CONFIGS[override]
     run_dir = tmp_path / "run"
-    args = ["simulate", *SMALL_ARGS, override, f"hydra.run.dir={run_dir}",
-            "hydra/job_logging=none", "hydra/hydra_logging=none"]
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code not in (0, None)
+    assert main(["simulate", *SMALL_ARGS, override, f"hydra.run.dir={run_dir}"]) == 2
     err = capsys.readouterr().err
-    assert f"config key `{key}`" in err, err
-    assert not (run_dir / "trace.npz").exists()
-    assert not (run_dir / "metrics.json").exists()
+    assert err.startswith(f"astrojax simulate: error: config key `{key}`"), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not run_dir.exists()
 
 
 def test_simulate_bad_config_subprocess(tmp_path):
-    """The same through a real process: exit status, one clear line, no traceback."""
+    """The same through a real process: exit status, one clear line, no traceback, nothing on disk."""
     run_dir = tmp_path / "run"
     res = run_cli(["simulate", *SMALL_ARGS, "protocol=sideways", f"hydra.run.dir={run_dir}"], tmp_path)
     assert res.returncode == 2
-    assert "config key `protocol`: expected one of ['bidirectional', 'causal'], got 'sideways'" in res.stderr
-    assert "Traceback" not in res.stderr
-    assert not (run_dir / "trace.npz").exists()
+    assert res.stderr == ("astrojax simulate: error: config key `protocol`: expected one of "
+                          "['bidirectional', 'causal'], got 'sideways'\n")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["simulate", "foo=1"], "foo"),                       # Hydra: unknown key
+    (["simulate", "pramas.tau_h=1"], "pramas"),           # ... with a suggestion
+    (["simulate", "m=abc"], "m"),                         # the schema's type
+    (["simulate", "T=[1,"], "T"),                         # unparsable override
+    (["simulate", "m=8,16"], "m"),                        # a sweep without -m
+    (["reproduce", "feature_maps=[learned]"], "feature_maps[0]"),
+    (["reproduce", "m=1000"], "m"),                       # a list is expected
+    (["teacher-digits", "model.num_heads=3"], "model.num_heads"),  # cross-field: must divide d_model
+    (["evaluate"], "run"),                                # a required key
+    (["fit", "foo=1"], "foo"),                            # a subcommand without a schema: Hydra's errors too
+    (["record", "noise=-1"], "noise"),                    # ... and its own validator, before any directory
+])
+def test_every_config_error_is_one_line_exit_2(tmp_path, capsys, argv, key):
+    assert main([*argv, f"hydra.run.dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"astrojax {argv[0]}: error: config key `{key}`"), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+    if key == "pramas":
+        assert "did you mean `params`?" in err
+
+
+def test_safe_dirname():
+    from astrojax._config import safe_dirname
+
+    assert safe_dirname("m=8,seed=1") == "m=8,seed=1"
+    assert safe_dirname("teacher=/nonexistent/dir") == "teacher=%2Fnonexistent%2Fdir"
+    assert "/" not in safe_dirname("../../etc") and safe_dirname("..") not in (".", "..")
+    assert safe_dirname("a%2Fb") != safe_dirname("a/b")  # injective: % is encoded too
+    long = "init_from=" + "x" * 400
+    assert len(safe_dirname(long).encode()) <= 200 and safe_dirname(long) != safe_dirname(long + "y")
+
+
+def test_path_valued_override_gives_one_run_directory(tmp_path):
+    """A value holding '/' names one directory below runs/train/<name>/, not a tree."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from astrojax._hydra import _hydra_context, register_schema
+
+    register_schema("train")
+    with _hydra_context():
+        cfg = compose("train", ["teacher=/some/hf/dir", "m=8"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    assert run_dir == "runs/train/quickstart/m=8,teacher=%2Fsome%2Fhf%2Fdir"
+
+
+def test_subcommand_help_describes_the_subcommand(capsys):
+    """`astrojax <sub> --help` is the subcommand's own text: what it does and its keys with
+    their current values (not Hydra's generic text, which lists train's groups for every
+    subcommand)."""
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: astrojax simulate") and "closed-form attention" in out
+    assert "protocol" in out and "bidirectional | causal" in out and "params.tau_h" in out
+    assert "experiment" not in out and "sweep=NAME" not in out
+    assert main(["train", "experiment=minilm_heads", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment=NAME" in out and "minilm_heads" in out and "optimizer.learning_rate" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("m "))
+    assert line.split()[1] == "256"  # the experiment's value
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: astrojax fit") and "recording" in out and "experiment" not in out
 
 
 def test_dispatch(capsys):

@@ -40,7 +40,7 @@ def _inputs(T=5, D=4, Dv=3, m=8):
 @pytest.mark.parametrize("path", ["fast", "diffrax"])
 def test_grad_params_and_weights(kind, path):
     q, k, v, W = _inputs()
-    method = aj.FastPath(8) if path == "fast" else aj.DiffraxPath(rtol=1e-11, atol=1e-13)
+    method = aj.FastPath(64) if path == "fast" else aj.DiffraxPath(rtol=1e-11, atol=1e-13)
     P = aj.NeuronAstrocyteParams(**GENERIC)
 
     def loss(tree):
@@ -56,7 +56,8 @@ def test_grad_params_and_weights(kind, path):
 
 def test_grad_projections_through_layer():
     key = jax.random.PRNGKey(0)
-    att = aj.NeuronAstrocyteAttention(8, 2, 8, key=key, params=aj.NeuronAstrocyteParams(**GENERIC))
+    att = aj.NeuronAstrocyteAttention(8, 2, 8, key=key, params=aj.NeuronAstrocyteParams(**GENERIC),
+                                      method=aj.FastPath(64))
     x = jax.random.normal(key, (5, 8))
     params, static = eqx.partition(att, eqx.is_inexact_array)
 

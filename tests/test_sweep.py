@@ -169,30 +169,61 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec, key", BAD_SPECS)
-def test_bad_sweep_spec_fails_before_any_job(tmp_path, capsys, spec, key):
-    # in-process: the pre-flight only composes configs (Hydra's compose API), it runs no app
-    from astrojax.cli import CONF_DIR
-    from astrojax.sweep import check_train_job, preflight
+def _preflight(argv):
+    """The train subcommand's pre-flight (in-process: it only composes configs with Hydra's
+    Compose API, it runs no app): None if every job passes, else the ConfigError's text."""
+    from astrojax._config import ConfigError
+    from astrojax.cli import SUBCOMMANDS
 
+    try:
+        SUBCOMMANDS["train"].run.preflight(argv)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("spec, key", BAD_SPECS)
+def test_bad_sweep_spec_fails_before_any_job(tmp_path, spec, key):
     sweep_dir = tmp_path / "sweep"
     flags = [x for x in spec if x == "-m"]
     argv = [*flags, *tiny(*(x for x in spec if x != "-m")), f"hydra.sweep.dir={sweep_dir}"]
-    rc = preflight("astrojax train", CONF_DIR, "train", argv, check_train_job)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith(f"astrojax train: error: config key `{key}`"), err
+    err = _preflight(argv)
+    assert err is not None and err.startswith(f"config key `{key}`"), err
+    assert "\n" not in err
     assert os.listdir(tmp_path) == []
 
 
-def test_good_sweep_and_single_run_pass_preflight(tmp_path, capsys):
-    from astrojax.cli import CONF_DIR
-    from astrojax.sweep import check_train_job, preflight
+def test_good_sweep_and_single_run_pass_preflight(tmp_path):
+    for spec in (["-m", "m=8,16", "seed=range(0,3)"], ["+sweep=m_lr"], ["m=8"]):
+        assert _preflight([*spec, f"hydra.sweep.dir={tmp_path}/s", f"hydra.run.dir={tmp_path}/r"]) is None, spec
+    # a single run is checked too (before Hydra creates its run directory)
+    assert _preflight(["optimizer.learning_rate=-1", f"hydra.run.dir={tmp_path}/r"]).startswith(
+        "config key `optimizer.learning_rate`: expected a positive number")
+    assert os.listdir(tmp_path) == []
 
-    for spec in (["-m", "m=8,16", "seed=range(0,3)"], ["+sweep=m_lr"], ["m=8"], ["optimizer.learning_rate=-1"]):
-        # (a bad value in a single run is left to the job, which checks it before any work)
-        assert preflight("p", CONF_DIR, "train", [*spec, f"hydra.sweep.dir={tmp_path}/s"], check_train_job) == 0
-    assert capsys.readouterr().err == "" and os.listdir(tmp_path) == []
+
+def test_sweep_expansion_is_hydras_cartesian_product():
+    """The pre-flight's job list is the one Hydra's basic sweeper launches (documented
+    semantics, written out by hand here): the cartesian product in the order the keys are
+    given, the last key varying fastest; a key given again (a saved sweep's params, then
+    the command line) keeps its last value list in its first position."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from astrojax._hydra import _expand
+
+    parser = OverridesParser.create()
+    cases = {
+        ("m=8,16", "seed=range(0,3)"): [["m=8", "seed=0"], ["m=8", "seed=1"], ["m=8", "seed=2"],
+                                         ["m=16", "seed=0"], ["m=16", "seed=1"], ["m=16", "seed=2"]],
+        ("seed=range(0,4)", "m=4", "seed=0,1"): [["seed=0", "m=4"], ["seed=1", "m=4"]],
+        ("+sweep=seeds", "experiment=quickstart,minilm_heads", "layers=[0],[0,1]"): [
+            ["+sweep=seeds", "experiment=quickstart", "layers=[0]"],
+            ["+sweep=seeds", "experiment=quickstart", "layers=[0,1]"],
+            ["+sweep=seeds", "experiment=minilm_heads", "layers=[0]"],
+            ["+sweep=seeds", "experiment=minilm_heads", "layers=[0,1]"]],
+    }
+    for spec, jobs in cases.items():
+        assert _expand(parser.parse_overrides(list(spec))) == jobs, spec
 
 
 def test_cli_bad_sweep_exits_2_and_names_the_job(tmp_path):
@@ -202,6 +233,7 @@ def test_cli_bad_sweep_exits_2_and_names_the_job(tmp_path):
     assert r.stderr.startswith("astrojax train: error: config key `optimizer.learning_rate`: expected a positive "
                                "number, got -1"), r.stderr
     assert "sweep job #1 of 2: optimizer.learning_rate=-1" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert os.listdir(tmp_path) == []
 
 
@@ -239,7 +271,7 @@ def test_submitit_local_sweep_resume_and_summarize(tmp_path):
     (clash / "0" / "config.yaml").write_text((sweep / jobs[0] / "config.yaml").read_text())
     r = run_cli(["train", "-m", f"hydra.sweep.dir={clash}", *tiny("m=16", "seed=0,1")], tmp_path, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "config key `m`" in r.stderr and "holds a run with m=8, this sweep has 16" in r.stderr, r.stderr
+    assert "config key `m`" in r.stderr and "holds a run with m=8, this command has 16" in r.stderr, r.stderr
     assert sorted(os.listdir(clash)) == ["0"]
 
     r = run_cli(["summarize", str(sweep)], tmp_path)

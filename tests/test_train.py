@@ -3,6 +3,7 @@ bitwise resume after a kill, config errors, evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -108,34 +109,34 @@ def test_constrain_keeps_parameters_positive():
 
 
 def tiny_config(**over):
-    from omegaconf import OmegaConf
+    """The quickstart experiment (composed by Hydra, as ``astrojax train`` does) made tiny,
+    as a plain dict: ``run_train`` accepts it like a DictConfig or a TrainConfig."""
+    from astrojax._config import to_dict
+    from astrojax._hydra import compose
 
-    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
-    exp = OmegaConf.load(os.path.join(CONF, "experiment", "quickstart.yaml"))
-    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
-    c.pop("hydra")
-    c.pop("defaults", None)
+    c = to_dict(compose("train", ["experiment=quickstart"]))
     c.update(m=8, steps=20, batch_size=2, log_every=1, checkpoint_every=5, progress=False)
     c["data"].update(chunk_tokens=12, num_chunks=16)
     c.update(over)
     return c
 
 
+def typed(c):
+    from astrojax._config import to_config
+    from astrojax.train.config import TrainConfig
+
+    return to_config(TrainConfig, c)
+
+
 @pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "experiment"))))
 def test_every_shipped_experiment_config_validates(name):
-    """Each configs/experiment/*.yaml composes with train.yaml into a valid config (catches a
-    key renamed in one place and not the other, or an invalid corpus name)."""
-    from omegaconf import OmegaConf
+    """Each configs/experiment/*.yaml composes with train.yaml and the typed schema into a
+    valid config (catches a key renamed in one place and not the other, or an invalid
+    corpus name)."""
+    from astrojax._hydra import compose
 
-    from astrojax.train.app import validate_train_config
-
-    base = OmegaConf.load(os.path.join(CONF, "train.yaml"))
-    exp = OmegaConf.load(os.path.join(CONF, "experiment", f"{name}.yaml"))
-    c = OmegaConf.to_container(OmegaConf.merge(base, exp))
-    c.pop("hydra")
-    c.pop("defaults", None)
-    assert c["name"] == name
-    validate_train_config(c)
+    c = compose("train", [f"experiment={name}"])
+    assert c.name == name
 
 
 class SimulatedKill(Exception):
@@ -188,7 +189,7 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
         run_train(tiny_config(m=16), str(killed))
 
     # evaluation on held-out text (default and a given file) and its errors
-    from astrojax.train.app import run_evaluate
+    from astrojax.train.evaluate_app import run_evaluate
 
     ev = run_evaluate(str(full), None)
     assert len(ev["per_head"]) == 12 and ev["tokens"] == 102
@@ -246,16 +247,17 @@ def test_diffrax_keys_reach_the_task():
     job's dtype (the loss equality of the two paths is test_fast_and_diffrax_paths_give_the_same_loss)."""
     import jax.numpy as jnp
 
-    from astrojax.train.app import _method, _task_config
+    from astrojax.train.build import method as build_method
+    from astrojax.train.build import task_config
 
-    c = tiny_config(method="diffrax", solver="kvaerno5", adaptive=True, rtol=1e-5, atol=1e-7,
-                    adjoint="backsolve", max_steps=123)
-    method, desc = _method(c)
+    c = typed(tiny_config(method="diffrax", solver="kvaerno5", adaptive=True, rtol=1e-5, atol=1e-7,
+                          adjoint="backsolve", max_steps=123))
+    method, desc = build_method(c)
     assert isinstance(method, aj.DiffraxPath) and isinstance(method.solver, diffrax.Kvaerno5)
     assert isinstance(method.adjoint, diffrax.BacksolveAdjoint)
     assert (method.adaptive, method.rtol, method.atol, method.max_steps) == (True, 1e-5, 1e-7, 123)
     assert "kvaerno5" in desc and "backsolve" in desc
-    tc = _task_config(c, method)
+    tc = task_config(c, method)
     assert tc.method is method and tc.params.tau_h.dtype == jnp.float32  # not float64 under x64
 
 
@@ -335,13 +337,14 @@ def test_model_task_sentence_unit_masks_the_padding():
     """Sentence units: the teacher itself scores zero loss (targets computed with the same
     mask), and a student's loss does not depend on the padding tokens."""
     from astrojax.teachers import load_teacher
-    from astrojax.train.app import _method, _task_config
+    from astrojax.train.build import method, task_config
     from astrojax.train.tasks import make_task
 
     teacher = load_teacher("minilm")
     c = tiny_config(scope="model", layers=None)
     c["data"].update(unit="sentence", chunk_tokens=24, num_chunks=6)
-    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
+    c = typed(c)
+    task = make_task("model", teacher, task_config(c, method(c)[0]))
     ids, mask = task.data[0], task.data[1]
     assert ids.shape == (6, 24) and not bool(mask.all()) and bool(mask[:, 0].all())
     idx = jnp.arange(6)
@@ -355,14 +358,27 @@ def test_model_task_sentence_unit_masks_the_padding():
     np.testing.assert_allclose(float(loss_j), float(loss_s), rtol=1e-6)
 
 
-def test_resume_accepts_run_directories_written_before_data_corpus_existed():
-    from astrojax.train.app import _compare_configs
+def test_resume_accepts_run_directories_written_before_data_corpus_existed(tmp_path):
+    """An old run directory's config.yaml lacks keys added since (here data.corpus and
+    dendrite_hidden): read through the schema they take their defaults, which are what the
+    old version did, so the same command resumes; another value is refused, naming the key."""
+    import yaml
 
-    old = {"m": 8, "data": {"seed": 0}}
-    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc"}}) is None
-    assert _compare_configs(old, {"m": 8, "data": {"seed": 0, "corpus": "pydoc+news"}}) == (
-        "data.corpus", "pydoc", "pydoc+news")
-    assert _compare_configs({"m": 8}, {"m": 8, "steps": 3})[0] == "steps"  # other new keys still differ
+    from astrojax.train.app import check_run_dir
+
+    old = tiny_config()
+    del old["data"]["corpus"], old["dendrite_hidden"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_run_dir(typed(tiny_config()), tmp_path) is None
+    with pytest.raises(ConfigError, match="config key `data.corpus`: .* holds a run with data.corpus='pydoc', "
+                                          "this command has 'pydoc\\+news'"):
+        c = tiny_config()
+        c["data"]["corpus"] = "pydoc+news"
+        check_run_dir(typed(c), tmp_path)
+    with pytest.raises(ConfigError, match="config key `steps`"):
+        check_run_dir(typed(tiny_config(steps=3)), tmp_path)
+    # where a run executes is not part of its identity
+    assert check_run_dir(typed(tiny_config(progress=True, parallel={"data": 1})), tmp_path) is None
 
 
 @needs_minilm
@@ -370,7 +386,8 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     """init_from: a heads run's per-head features and params land in the right layers of
     the whole-model student (and a mismatched run is refused, naming init_from)."""
     from astrojax.teachers import load_teacher
-    from astrojax.train.app import _method, _task_config, _warm_start, load_run, run_train
+    from astrojax.train.app import load_run, run_train
+    from astrojax.train.build import method, task_config, warm_start
     from astrojax.train.tasks import make_task
 
     heads = tmp_path / "heads"
@@ -379,9 +396,10 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     teacher = load_teacher("minilm")
     c = tiny_config(scope="model", layers=None, feature_map="dendritic", dendrite_hidden=4, init_from=str(heads))
     c["data"].update(num_chunks=2)
-    task = make_task("model", teacher, _task_config(c, _method(c)[0]))
-    student = _warm_start(c, teacher, task)
-    fresh = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0])  # as _warm_start
+    c = typed(c)
+    task = make_task("model", teacher, task_config(c, method(c)[0]))
+    student = warm_start(c, teacher, task)
+    fresh = task.init(jax.random.split(jax.random.PRNGKey(c.seed))[0])  # as warm_start
     for j, layer in enumerate([1, 3]):
         got = student.blocks[layer].attn.features
         np.testing.assert_array_equal(np.asarray(got.W2), np.asarray(src.features.W2[j * 12:(j + 1) * 12]))
@@ -391,19 +409,26 @@ def test_warm_start_copies_head_features_into_the_model(tmp_path):
     np.testing.assert_array_equal(np.asarray(student.blocks[0].attn.features.Wl),
                                   np.asarray(fresh.blocks[0].attn.features.Wl))
     with pytest.raises(ConfigError, match="`init_from`.*dendrite_hidden=8"):
-        _warm_start({**c, "dendrite_hidden": 8}, teacher, task)
+        warm_start(dataclasses.replace(c, dendrite_hidden=8), teacher, task)
 
 
-def test_cli_unknown_experiment_and_bad_value(tmp_path):
+@pytest.mark.parametrize("override, key", [
+    ("experiment=nope", "experiment"),                      # Hydra's own errors ...
+    ("foo=1", "foo"),
+    ("m=abc", "m"),                                         # ... the schema's types ...
+    ("optimizer.learning_rate=-1", "optimizer.learning_rate"),  # ... and its ranges
+    ("teacher=/nonexistent/dir", "teacher"),                # the job's file checks
+])
+def test_cli_config_errors_are_one_line_exit_2_and_write_nothing(tmp_path, override, key):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "experiment=nope",
-                        f"hydra.run.dir={tmp_path}/a"], capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and "experiment" in r.stderr and "nope" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", "optimizer.learning_rate=-1",
-                        f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "config key `optimizer.learning_rate`" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", override], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"astrojax train: error: config key `{key}`:"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert os.listdir(tmp_path) == []  # no skeleton run directory (runs/train/...)
 
 
 @pytest.mark.slow  # ~9 min on 2 cores (compiling 6 simulated layers forward + backward)
@@ -411,7 +436,8 @@ def test_cli_unknown_experiment_and_bad_value(tmp_path):
 def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
     """Model scope on MiniLM: every attention layer replaced; trains (loss decreases) and
     reports sentence-embedding cosines on held-out sentences."""
-    from astrojax.train.app import run_evaluate, run_train
+    from astrojax.train.app import run_train
+    from astrojax.train.evaluate_app import run_evaluate
 
     c = tiny_config(name="tiny_model", scope="model", layers=None, steps=6, log_every=1, checkpoint_every=3)
     c["data"].update(num_chunks=8, eval_pad=24)
@@ -423,3 +449,91 @@ def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
     assert recs[-1]["loss"] < recs[0]["loss"]
     ev = run_evaluate(str(tmp_path / "run"), None)
     assert 0.0 < ev["embedding_cosine"]["mean"] <= 1.0 and ev["embedding_cosine"]["sentences"] == 4
+
+
+TINY_CLI = ["experiment=quickstart", "m=8", "steps=3", "data.num_chunks=16", "data.chunk_tokens=12", "batch_size=2",
+            "n_sub=1", "log_every=1", "checkpoint_every=1", "progress=false"]
+
+
+@needs_minilm
+def test_cli_train_prints_its_run_directory_and_a_refusal_keeps_the_run_record(tmp_path, capsys):
+    """`astrojax train` as a user runs it: prints its run directory at start and end and no
+    library log lines (a fresh matplotlib font cache logs at INFO); another config on the
+    finished run's directory is refused before Hydra rewrites the run's .hydra/ record."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", "train", *TINY_CLI, "hydra.run.dir=run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == "astrojax train: run directory run", lines
+    assert "astrojax train: finished; results in run" in lines
+    assert not [ln for ln in lines if ln.startswith("[") or "absl" in ln or "matplotlib" in ln], lines
+    run = tmp_path / "run"
+    hydra_files = {f: (run / ".hydra" / f).read_bytes() for f in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    assert "m=8" in hydra_files["overrides.yaml"].decode()
+
+    from astrojax.cli import main
+
+    assert main(["train", *TINY_CLI, "m=16", f"hydra.run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astrojax train: error: config key `m`: the run directory") and err.count("\n") == 1
+    assert {f: (run / ".hydra" / f).read_bytes() for f in hydra_files} == hydra_files
+
+
+@needs_minilm
+def test_divergence_and_unreadable_checkpoints_end_with_one_clear_line(tmp_path, capsys):
+    """A diverging loss (CLI, in-process) and a run whose every checkpoint is unreadable
+    end with one line saying what to do, the run directory intact."""
+    from astrojax.cli import main
+    from astrojax.train.app import TrainingError, run_train
+
+    nan_run = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY_CLI, "optimizer.learning_rate=1e6", "optimizer.warmup_steps=0", "optimizer.clip_norm=0",
+              f"hydra.run.dir={nan_run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("astrojax train: error: training diverged: the loss became "
+                                               "non-finite"), err
+    assert "optimizer.learning_rate" in err[0]
+    for f in ("config.yaml", "env.json", "before.json", "metrics.jsonl"):
+        assert (nan_run / f).is_file(), f
+    assert not (nan_run / "model.eqx").exists()
+
+    run = tmp_path / "run"
+    run_train(tiny_config(steps=2, checkpoint_every=1), str(run))
+    (run / "metrics.json").unlink()  # unfinished, so that the same command resumes
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(TrainingError) as exc:
+        run_train(tiny_config(steps=2, checkpoint_every=1), str(run))
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("no checkpoint of this run can be read (steps 2, 1;")
+    assert f"delete {run / 'checkpoints'}" in msg
+    assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("extra", [[], ["+sweep=seeds"], ["+sweep=m_lr"]])
+def test_run_directory_names_leave_out_exactly_the_keys_outside_a_runs_identity(extra):
+    """hydra.job.config.override_dirname.exclude_keys (train.yaml, the saved sweeps) lists
+    `experiment` (the name is already in the path), the saved sweep's own `+sweep=`, and
+    exactly the schema's keys marked identity=False -- the keys a resumed run may change."""
+    from hydra import compose
+
+    from astrojax._config import resume_keys
+    from astrojax._hydra import _hydra_context, register_schema, schema_items
+    from astrojax.train.config import TrainConfig
+
+    register_schema("train")
+    with _hydra_context():
+        cfg = compose("train", extra, return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    outside = {k for k, _, _ in schema_items(TrainConfig)
+               if any(k == r or k.startswith(r + ".") for r in resume_keys(TrainConfig))}
+    assert outside == {"progress", "parallel.data", "distributed.enabled", "distributed.coordinator_address",
+                       "distributed.num_processes", "distributed.process_id"}
+    assert excluded == outside | {"experiment"} | ({"sweep"} if extra else set())

@@ -91,7 +91,7 @@ def make_episode(q, k, v, protocol: str | Protocol = "bidirectional", write_dela
     ``gain_control`` override the protocol's."""
     protocol = as_protocol(protocol)
     protocol = Protocol(protocol.kind, protocol.write_delay if write_delay is None else write_delay,
-                        protocol.gain_control if gain_control is None else gain_control)
+                        protocol.gain_control if gain_control is None else gain_control, protocol.read_gain)
     dtype = dtype or jnp.result_type(float)
     q, k, v = (jnp.asarray(x, dtype) for x in (q, k, v))
     return Episode(q=q, k=k, v=v, protocol=protocol)

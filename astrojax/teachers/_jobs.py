@@ -2,44 +2,64 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
+from typing import Optional
 
-from .._config import ConfigError, _pos_int, _real
+from .._config import ConfigError, Schema, option, path_or_null, run_in_hydra_dir, to_config
 
-__all__ = ["run_teacher_digits", "teacher_digits_job"]
+__all__ = ["run_teacher_digits", "teacher_digits_job", "TeacherDigitsConfig"]
 
-_KEYS = ("out", "seed", "epochs", "batch_size", "learning_rate", "weight_decay", "model")
+
+@dataclasses.dataclass
+class ViTShape:
+    """The ViT's shape (:class:`astrojax.teachers.ViTConfig`)."""
+
+    image_size: int = option(8, ge=1, help="input image side (pixels)")
+    patch_size: int = option(2, ge=1, help="patch side (pixels); must divide image_size")
+    d_model: int = option(64, ge=1, help="model width")
+    num_heads: int = option(4, ge=1, help="attention heads (must divide d_model)")
+    num_layers: int = option(3, ge=1, help="transformer layers")
+    d_ff: int = option(128, ge=1, help="feed-forward width")
+    num_classes: int = option(10, ge=2, help="classes")
+    eps: float = option(1e-6, gt=0.0, help="layer-norm epsilon")
+
+    def validate(self, key):
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"config key `{key('patch_size')}`: must divide image_size={self.image_size}, "
+                              f"got {self.patch_size}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"config key `{key('num_heads')}`: must divide d_model={self.d_model}, "
+                              f"got {self.num_heads}")
+
+
+@dataclasses.dataclass
+class TeacherDigitsConfig(Schema):
+    """``astrojax teacher-digits``: train the small ViT teacher on scikit-learn's digits."""
+
+    out: Optional[str] = option(None, check=path_or_null,
+                                help="output .eqx file (null: the default path used by teacher=digits)")
+    seed: int = option(0, ge=0, help="initialisation and batch order (training is deterministic)")
+    epochs: int = option(40, ge=1, help="passes over the 1437 training images")
+    batch_size: int = option(64, ge=1, help="images per step")
+    learning_rate: float = option(2e-3, gt=0.0, help="AdamW learning rate")
+    weight_decay: float = option(0.05, ge=0.0, help="AdamW weight decay")
+    model: ViTShape = option(factory=ViTShape)
 
 
 def run_teacher_digits(cfg) -> dict:
     """Train, evaluate and save the digits ViT; returns its info dict (with ``path``)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    c.pop("hydra", None)
-    unknown = [k for k in c if k not in _KEYS]
-    if unknown:
-        raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected one of {list(_KEYS)}")
-    _pos_int("seed", c["seed"], 0)
-    _pos_int("epochs", c["epochs"])
-    _pos_int("batch_size", c["batch_size"])
-    _real("learning_rate", c["learning_rate"], positive=True)
-    _real("weight_decay", c["weight_decay"], nonneg=True)
-    if c["out"] is not None and not isinstance(c["out"], str):
-        raise ConfigError(f"config key `out`: expected null or a file path, got {c['out']!r}")
+    c = to_config(TeacherDigitsConfig, cfg)
     from ._vit import ViTConfig, default_digits_path, save_digits_vit, train_digits_vit
 
-    if not isinstance(c["model"], dict):
-        raise ConfigError(f"config key `model`: expected a mapping of ViTConfig fields, got {c['model']!r}")
     try:
-        config = ViTConfig(**c["model"])
+        config = ViTConfig(**dataclasses.asdict(c.model))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key `model`: {e}") from None
-    out = default_digits_path() if c["out"] is None else os.path.abspath(os.path.expanduser(c["out"]))
+    out = default_digits_path() if c.out is None else os.path.abspath(os.path.expanduser(c.out))
     model, info = train_digits_vit(
-        config, seed=c["seed"], epochs=c["epochs"], batch_size=c["batch_size"],
-        learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
+        config, seed=c.seed, epochs=c.epochs, batch_size=c.batch_size,
+        learning_rate=c.learning_rate, weight_decay=c.weight_decay,
     )
     save_digits_vit(out, model, info)
     print(
@@ -50,8 +70,5 @@ def run_teacher_digits(cfg) -> dict:
 
 
 def teacher_digits_job(cfg) -> None:
-    try:
-        run_teacher_digits(cfg)
-    except ConfigError as e:
-        print(f"astrojax teacher-digits: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """Hydra task of ``astrojax teacher-digits``."""
+    run_in_hydra_dir("teacher-digits", lambda cfg, out_dir: run_teacher_digits(cfg), cfg)

@@ -1,9 +1,10 @@
-"""The ``astrojax train`` and ``astrojax evaluate`` jobs (Hydra at the edge, plain objects
-inside).
+"""The ``astrojax train`` job (Hydra at the edge, plain objects inside).
 
 Run directory (``hydra.run.dir``, deterministic per experiment and overrides)::
 
     config.yaml        the resolved config (compared on resume: a different config is an error)
+    .hydra/            Hydra's record of the command (config, hydra settings, overrides),
+                       written when the run starts or resumes, never by a refused command
     env.json           package versions, devices, git revision, command line
     metrics.jsonl      one line per logged step (loss terms, gradient norm, wall time)
     checkpoints/       orbax checkpoints of (trainable arrays, optimiser state, key)
@@ -13,536 +14,335 @@ Run directory (``hydra.run.dir``, deterministic per experiment and overrides)::
     learning_curve.png, before_after.png
 
 Re-running the same command on an existing run directory resumes from the last checkpoint
-(or reports that the run is complete).
-
-``parallel.data`` splits each batch over several devices and ``distributed`` joins a
-multi-process (multi-node) run (:mod:`astrojax.train.parallel`); ``pack`` trains several
-members of a sweep as one program, with one ``member_NNN/`` directory each
-(:mod:`astrojax.train.packed`).
+(or reports that the run is complete). ``pack`` trains several members of a sweep as one
+program (:mod:`astrojax.train.packed`), with one ``member_NNN/`` directory each and
+``pack.json``; ``parallel.data`` splits each batch over several devices and
+``distributed`` joins a multi-process run (:mod:`astrojax.train.parallel`). Single,
+packed and data-parallel runs share one training loop (:func:`~astrojax.train.loop.train_members`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from .._config import ConfigError, check_keys, run_in_hydra_dir, _bool, _choice, _pos_int, _real, check_method_config, check_params_config, method_from_config
+from .._config import ConfigError, first_difference, resume_keys, run_in_hydra_dir, teacher_facts, to_config, to_dict
+from . import build
+from .config import TrainConfig, member_config, pack_members
+from .metrics import final_metrics, first_step_s, fmt_summary, print_result
 
-__all__ = ["run_train", "train_job", "run_evaluate", "evaluate_job", "build_student", "load_run"]
-
-_KEYS = (
-    "name scope teacher layers m feature_map dendrite_hidden init_from method n_sub solver adaptive rtol atol dt0 "
-    "max_steps adjoint params train_params train_projections data loss steps batch_size optimizer seed "
-    "log_every checkpoint_every keep_checkpoints plot_layer plot_head progress x64 parallel distributed pack"
-).split()
-_DATA_KEYS = ("chunk_tokens", "num_chunks", "seed", "eval_pad", "corrupt", "corpus", "unit")
-_LOSS_KEYS = ("y", "log_a", "kl", "hidden", "embedding", "logits")
-_OPT_KEYS = ("name", "learning_rate", "weight_decay", "warmup_steps", "clip_norm", "schedule")
-_IGNORED_ON_RESUME = ("progress", "parallel", "distributed")  # where it runs may change between resumes
-# keys added after runs were written: absent in an old config.yaml means this value
-_ADDED_KEY_DEFAULTS = {"dendrite_hidden": 64, "data.corrupt": 0.0, "data.corpus": "pydoc", "data.unit": "window"}
-_PARALLEL_KEYS = ("data",)
-_DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
+__all__ = ["run_train", "train_job", "check_train_files", "TrainConfig", "TrainingError", "load_run",
+           "build_student"]
 
 
-def validate_train_config(c: dict) -> None:
-    """Check a resolved train config (plain dict); raise :class:`ConfigError` naming the key."""
-    from ..dynamics import PARAM_NAMES
-    from .students import STUDENT_FEATURES
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss diverged, no checkpoint can be read); the message
+    is one line saying what to do."""
 
-    check_keys(c, _KEYS)
-    if not isinstance(c["name"], str) or not c["name"]:
-        raise ConfigError(f"config key `name`: expected a non-empty string, got {c['name']!r}")
-    _choice("scope", c["scope"], ("heads", "model"))
-    if not isinstance(c["teacher"], str) or not c["teacher"].strip():
-        raise ConfigError(f"config key `teacher`: expected 'minilm', 'digits' or a path, got {c['teacher']!r}")
-    if c["layers"] is not None:
-        if not isinstance(c["layers"], list) or not c["layers"]:
-            raise ConfigError(f"config key `layers`: expected null or a non-empty list of layer indices, got {c['layers']!r}")
-        for i, layer in enumerate(c["layers"]):
-            _pos_int(f"layers[{i}]", layer, 0)
-    _pos_int("m", c["m"])
-    _choice("feature_map", c["feature_map"], STUDENT_FEATURES)
-    _pos_int("dendrite_hidden", c["dendrite_hidden"])
-    if c["init_from"] is not None and not isinstance(c["init_from"], str):
-        raise ConfigError(f"config key `init_from`: expected null or a run directory, got {c['init_from']!r}")
-    check_method_config(c)
-    _choice("adjoint", c["adjoint"], ("recursive", "backsolve", "direct"))
-    check_params_config(c["params"])
-    if not isinstance(c["train_params"], list):
-        raise ConfigError(f"config key `train_params`: expected a list of parameter names, got {c['train_params']!r}")
-    for i, n in enumerate(c["train_params"]):
-        if n not in PARAM_NAMES:
-            raise ConfigError(f"config key `train_params[{i}]`: unknown parameter {n!r}; expected one of {list(PARAM_NAMES)}")
-    _bool("train_projections", c["train_projections"])
-    _section(c, "data", _DATA_KEYS)
-    _pos_int("data.chunk_tokens", c["data"]["chunk_tokens"], 3)
-    _pos_int("data.num_chunks", c["data"]["num_chunks"])
-    _pos_int("data.seed", c["data"]["seed"], 0)
-    _pos_int("data.eval_pad", c["data"]["eval_pad"], 3)
-    _real("data.corrupt", c["data"]["corrupt"], nonneg=True)
-    if c["data"]["corrupt"] >= 1:
-        raise ConfigError(f"config key `data.corrupt`: expected a fraction in [0, 1), got {c['data']['corrupt']!r}")
-    _check_corpus(c["data"]["corpus"])
-    _choice("data.unit", c["data"]["unit"], ("window", "sentence"))
-    if c["data"]["unit"] == "sentence" and c["scope"] != "model":
-        raise ConfigError("config key `data.unit`: 'sentence' is for the text model scope (scope=model); "
-                          "the heads scope trains on token windows (data.unit=window)")
-    _section(c, "loss", _LOSS_KEYS)
-    for n in _LOSS_KEYS:
-        _real(f"loss.{n}", c["loss"][n], nonneg=True)
-    _pos_int("steps", c["steps"])
-    _pos_int("batch_size", c["batch_size"])
-    _section(c, "optimizer", _OPT_KEYS)
-    o = c["optimizer"]
-    _choice("optimizer.name", o["name"], ("adamw", "adam", "sgd"))
-    _real("optimizer.learning_rate", o["learning_rate"], positive=True)
-    _real("optimizer.weight_decay", o["weight_decay"], nonneg=True)
-    _pos_int("optimizer.warmup_steps", o["warmup_steps"], 0)
-    _real("optimizer.clip_norm", o["clip_norm"], nonneg=True)
-    _choice("optimizer.schedule", o["schedule"], ("cosine", "constant"))
-    _pos_int("seed", c["seed"], 0)
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        _pos_int(key, c[key])
-    for key in ("plot_layer", "plot_head"):
-        if c[key] is not None:
-            _pos_int(key, c[key], 0)
-    _bool("progress", c["progress"])
-    _bool("x64", c["x64"])
-    _check_parallel_config(c)
-    from .packed import check_pack_config
-
-    check_pack_config(c, validate_train_config)
+load_run = build.load_run
+build_student = build.build_student
 
 
-def _check_parallel_config(c):
-    """``parallel`` and ``distributed`` sections (devices are checked at start-up)."""
-    _section(c, "parallel", _PARALLEL_KEYS)
-    d = c["parallel"]["data"]
-    if d != "auto":
-        _pos_int("parallel.data", d)
-    _section(c, "distributed", _DISTRIBUTED_KEYS)
-    dist = c["distributed"]
-    if dist["enabled"] not in ("auto", True, False):
-        raise ConfigError(f"config key `distributed.enabled`: expected auto, true or false, got {dist['enabled']!r}")
-    a = dist["coordinator_address"]
-    if a is not None and (not isinstance(a, str) or ":" not in a):
-        raise ConfigError(f"config key `distributed.coordinator_address`: expected null or 'HOST:PORT', got {a!r}")
-    if dist["num_processes"] is not None:
-        _pos_int("distributed.num_processes", dist["num_processes"])
-    if dist["process_id"] is not None:
-        _pos_int("distributed.process_id", dist["process_id"], 0)
-        if dist["num_processes"] is not None and dist["process_id"] >= dist["num_processes"]:
-            raise ConfigError(f"config key `distributed.process_id`: expected 0 .. num_processes - 1 = "
-                              f"{dist['num_processes'] - 1}, got {dist['process_id']}")
+# ----------------------------------------------------------------------------- checks
 
 
-def _section(c, name, keys):
-    sec = c[name]
-    if not isinstance(sec, dict):
-        raise ConfigError(f"config key `{name}`: expected a mapping with keys {list(keys)}, got {sec!r}")
-    check_keys(sec, keys, prefix=f"{name}.")
-
-
-def _method(c):
-    method, desc = method_from_config(c)
-    if c["method"] == "diffrax":
-        import dataclasses
-
-        import diffrax
-
-        adj = {"recursive": diffrax.RecursiveCheckpointAdjoint, "backsolve": diffrax.BacksolveAdjoint,
-               "direct": diffrax.DirectAdjoint}[c["adjoint"]]()
-        method = dataclasses.replace(method, adjoint=adj)
-        desc += f", {c['adjoint']} adjoint"
-    return method, desc
-
-
-def _check_corpus(corpus) -> None:
-    from .data import CORPORA, CorpusError, training_texts
-
-    if not isinstance(corpus, str) or not corpus:
-        raise ConfigError(f"config key `data.corpus`: expected names from {sorted(CORPORA)} joined by '+', "
-                          f"got {corpus!r}")
-    try:
-        training_texts(corpus)  # unknown names and missing optional files fail here, at start
-    except CorpusError as e:
-        raise ConfigError(f"config key `data.corpus`: {e}") from None
-
-
-def _task_config(c, method):
-    from ..dynamics import NeuronAstrocyteParams
-    from .tasks import TaskConfig
-
-    return TaskConfig(
-        num_features=c["m"], feature_map=c["feature_map"],
-        params=NeuronAstrocyteParams(**c["params"], dtype=_dtype(c)),
-        method=method, layers=None if c["layers"] is None else tuple(c["layers"]),
-        chunk_tokens=c["data"]["chunk_tokens"], num_chunks=c["data"]["num_chunks"], data_seed=c["data"]["seed"],
-        # run directories written before these keys existed still load
-        corrupt=_get(c, "data.corrupt"), corpus=_get(c, "data.corpus"), unit=_get(c, "data.unit"),
-        dendrite_hidden=_get(c, "dendrite_hidden"),
-        train_params=tuple(c["train_params"]), train_projections=c["train_projections"],
-        loss_weights=dict(c["loss"]), eval_pad=c["data"]["eval_pad"],
-    )
-
-
-def _load_teacher(c):
-    from ..teachers import TeacherError, load_teacher
+def check_run_dir(c: TrainConfig, out: Path) -> dict | None:
+    """If ``out`` holds a run: :class:`ConfigError` naming the first key whose value differs
+    from ``c`` (keys that only say where a run executes are ignored); the finished run's
+    results if it is finished; else None."""
+    cfg_file = out / "config.yaml"
+    if not cfg_file.is_file():
+        return None
+    from .rundir import load_config
 
     try:
-        teacher = load_teacher(c["teacher"])
-    except TeacherError as e:
-        raise ConfigError(f"config key `teacher`: {e}") from None
-    if c["scope"] == "heads" and teacher.kind != "text":
-        raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
-    if c["layers"] is not None:
-        bad = [x for x in c["layers"] if x >= teacher.model.num_layers]
-        if bad:
-            raise ConfigError(f"config key `layers`: the teacher has {teacher.model.num_layers} layers, got {bad}")
-    return teacher
-
-
-def build_student(c: dict, teacher, key=None):
-    """The initial student of a (validated) config: the skeleton ``model.eqx`` loads into."""
-    import jax
-
-    from .tasks import HeadsTask, _learned_student
-
-    key = jax.random.PRNGKey(c["seed"]) if key is None else key
-    method, _ = _method(c)
-    tcfg = _task_config(c, method)
-    k_init = jax.random.split(key)[0]  # the loop's init key
-    if c["scope"] == "heads":
-        return HeadsTask.init_student(teacher.model, tcfg, k_init)
-    return _learned_student(teacher.model, tcfg, k_init, _dtype(c))
-
-
-def _dtype(c):
-    import jax.numpy as jnp
-
-    return jnp.float64 if c["x64"] else jnp.float32
-
-
-def _get(c: dict, dotted: str):
-    """``c[a][b]`` for ``"a.b"``; a key added after ``c`` was written gives its
-    :data:`_ADDED_KEY_DEFAULTS` value, any other absent key ``None``."""
-    *path, last = dotted.split(".")
-    for k in path:
-        c = c.get(k, {})
-    return c.get(last, _ADDED_KEY_DEFAULTS.get(dotted))
-
-
-def _compare_configs(old: dict, new: dict, prefix=""):
-    for k in sorted(set(old) | set(new)):
-        if not prefix and k in _IGNORED_ON_RESUME:
-            continue
-        a, b = old.get(k, _ADDED_KEY_DEFAULTS.get(prefix + k, "<absent>")), new.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            d = _compare_configs(a, b, f"{prefix}{k}.")
-            if d:
-                return d
-        elif a != b:
-            return f"{prefix}{k}", a, b
+        old = to_config(TrainConfig, load_config(cfg_file))
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"config key `hydra.run.dir`: {cfg_file} is not a config this version can resume ({e}); "
+                          "use another hydra.run.dir (or delete the directory)") from None
+    diff = first_difference(to_dict(old), to_dict(c), ignore=resume_keys(TrainConfig))
+    if diff:
+        raise ConfigError(
+            f"config key `{diff[0]}`: the run directory {out} holds a run with {diff[0]}={diff[1]!r}, "
+            f"this command has {diff[2]!r}; use another run directory (hydra.run.dir, or hydra.sweep.dir for a "
+            "sweep) or delete that one"
+        )
+    members = pack_members(c)
+    if members:
+        done = out / "pack.json"
+        if done.is_file() and all((out / f"member_{i:03d}" / "metrics.json").is_file() for i in range(len(members))):
+            return json.loads(done.read_text())
+    elif (out / "metrics.json").is_file() and (out / "model.eqx").is_file():
+        return json.loads((out / "metrics.json").read_text())
     return None
 
 
-def first_step_s(history) -> float | None:
-    """The first (compiling) step's time in a training history, if this call ran one."""
-    return next((r["first_step_s"] for r in history if "first_step_s" in r), None)
+def check_train_files(c: TrainConfig, run_dir=None) -> None:
+    """The command line's pre-flight (no weights loaded): the teacher exists and fits
+    the scope and layers (from its ``config.json``), ``init_from`` is a finished run, and
+    the run directory, if it holds a run, holds one of this config."""
+    kind, num_layers = teacher_facts(c.teacher)
+    if c.scope == "heads" and kind != "text":
+        raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
+    bad = [x for x in c.layers or () if num_layers is not None and x >= num_layers]
+    if bad:
+        raise ConfigError(f"config key `layers`: the teacher has {num_layers} layers, got {bad}")
+    if c.init_from is not None and not (Path(c.init_from) / "model.eqx").is_file():
+        raise ConfigError(f"config key `init_from`: {c.init_from} holds no model.eqx (not a finished heads run)")
+    if run_dir is not None:
+        check_run_dir(c, Path(run_dir))
 
 
-def final_metrics(c, teacher_name, method_desc, before, after, records, student, t_data, t0, first_step):
-    """The run's ``metrics.json`` content (one place for single and packed runs)."""
-    from .loop import parameter_summary
-
-    return {
-        "name": c["name"], "scope": c["scope"], "teacher": teacher_name, "m": c["m"], "method": method_desc,
-        "steps": c["steps"], "before": before, "after": after,
-        "final_loss": records[-1]["loss"] if records else None,
-        "parameters": parameter_summary(student),
-        "seconds": {"data_and_before_eval": t_data, "total_this_call": time.perf_counter() - t0,
-                    "first_step_this_call": first_step},
-        "heldout": "astrojax/data/heldout.txt (paragraph), heldout_sentences.txt (embeddings), digits test split",
-    }
-
-
-def run_train(cfg, out_dir: str) -> dict:
-    """The train job without Hydra; returns the final metrics dict."""
-    from omegaconf import DictConfig, OmegaConf
-
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
-    c.pop("hydra", None)
-    validate_train_config(c)
-    out = Path(out_dir)
-    cfg_file = out / "config.yaml"
-    if c["init_from"] is not None and not (Path(c["init_from"]) / "model.eqx").is_file():
-        raise ConfigError(f"config key `init_from`: {c['init_from']} holds no model.eqx (not a finished heads run)")
-    from .rundir import MetricsLog, is_main_process, load_config, save_resolved_config, write_env_json
-
-    if cfg_file.is_file():
-        diff = _compare_configs(load_config(cfg_file), c)
-        if diff:
-            raise ConfigError(
-                f"config key `{diff[0]}`: the run directory {out} holds a run with {diff[0]}={diff[1]!r}, "
-                f"this command has {diff[2]!r}; use another hydra.run.dir (or delete the directory)"
-            )
-        if (out / "metrics.json").is_file() and (out / "model.eqx").is_file():
-            final = json.loads((out / "metrics.json").read_text())
-            print(f"astrojax train: {out} already holds a finished run; its results:")
-            _print_result(final)
-            return final
-
-    import jax
-
-    if c["x64"]:
-        jax.config.update("jax_enable_x64", True)
-    n_data = _start_devices(c)
-    from .packed import pack_members
-
-    members = pack_members(c)
-    if members:
-        from .packed import run_packed
-
-        return run_packed(c, out, members)
-    teacher = _load_teacher(c)
-    method, method_desc = _method(c)
-
-    from ..teachers import save_model
-    from .checkpoint import Checkpointer
-    from .loop import LoopConfig, OptimConfig, train
-    from .tasks import make_task
-
-    main = is_main_process()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(cfg_file, c)
-        write_env_json(out / "env.json")
-    t0 = time.perf_counter()
-    task = make_task(c["scope"], teacher, _task_config(c, method), _dtype(c))
-    init_student = None
-    if c["init_from"] is not None:
-        init_student = _warm_start(c, teacher, task)
-    loop = LoopConfig(steps=c["steps"], batch_size=c["batch_size"], seed=c["seed"], log_every=c["log_every"],
-                      checkpoint_every=c["checkpoint_every"], keep_checkpoints=c["keep_checkpoints"],
-                      progress=c["progress"])
-    optim = OptimConfig(**c["optimizer"])
-    student0 = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0]) if init_student is None else init_student
-    before_file = out / "before.json"
-    if before_file.is_file():
-        before = json.loads(before_file.read_text())
-    else:
-        before = task.evaluate(student0)
-        if main:
-            from .._io import save_json
-
-            save_json(before_file, before)
-    t_data = time.perf_counter() - t0
-    print(f"astrojax train: {c['name']} ({c['scope']} scope, teacher {teacher.name}, m={c['m']}, {method_desc}); "
-          f"{task.num_examples} training examples; before: {_fmt_summary(before['summary'])}")
-    metrics_log = MetricsLog(out / "metrics.jsonl") if main else None
-    with Checkpointer(out / "checkpoints", max_to_keep=c["keep_checkpoints"],
-                      save_interval_steps=c["checkpoint_every"]) as ckpt:
-        student, history = train(task, loop, optim, checkpointer=ckpt, metrics_log=metrics_log,
-                                 init_student=init_student, data_parallel=n_data)
-    if metrics_log is not None:
-        metrics_log.close()
-    after = task.evaluate(student)
-    records = MetricsLog.read(out / "metrics.jsonl") if main else history
-    final = final_metrics(c, teacher.name, method_desc, before, after, records, student, t_data, t0,
-                          first_step_s(history))
-    if main:
-        from .._io import save_json
-        from .plots import plot_before_after, plot_learning_curve
-
-        header = {"kind": "astrojax-student", "config": c}
-        save_model(out / "model.eqx", student, header)
-        plot_learning_curve(records, out / "learning_curve.png", title=f"{c['name']}: training loss")
-        plot_before_after(task, student0, student, before, after, out / "before_after.png", c)
-        save_json(out / "metrics.json", final)  # last: its presence marks the run finished
-    _print_result(final)
-    return final
-
-
-def _start_devices(c) -> int:
+def _start_devices(c: TrainConfig) -> int:
     """Join a multi-process run if one is configured (``distributed``), then the number
     of devices each batch is split over (``parallel.data``); ConfigError if it cannot be
     done. A packed sweep runs on one device of one process."""
     import jax
 
-    from .packed import pack_members
     from .parallel import initialize_distributed, resolve_data_parallel
 
     try:
-        initialize_distributed(c["distributed"])
+        initialize_distributed(dataclasses.asdict(c.distributed))
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(f"config key `distributed`: jax.distributed.initialize failed: {e}") from None
     if pack_members(c):
         if jax.process_count() > 1:
             raise ConfigError("config key `pack`: a packed sweep runs in one process; start it without "
                               "`distributed` / srun tasks (or use separate runs)")
-        if c["parallel"]["data"] not in ("auto", 1):
+        if c.parallel.data not in ("auto", 1):
             raise ConfigError(f"config key `parallel.data`: a packed sweep runs its members on one device; "
-                              f"got parallel.data={c['parallel']['data']} (use auto or 1)")
+                              f"got parallel.data={c.parallel.data} (use auto or 1)")
         return 1
     try:
-        n = resolve_data_parallel(c["parallel"]["data"], c["batch_size"])
+        n = resolve_data_parallel(c.parallel.data, c.batch_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None  # the message names batch_size / parallel.data
     if n > 1 or jax.process_count() > 1:
         print(f"astrojax train: data parallel over {n} devices ({jax.process_count()} process(es), "
-              f"{c['batch_size'] // n} examples per device and step)")
+              f"{c.batch_size // n} examples per device and step)")
     return n
 
 
-def _warm_start(c, teacher, task):
-    """Model scope: copy each layer's features and params from a heads-scope run."""
-    import equinox as eqx
+# ----------------------------------------------------------------------------- the job
+
+
+def _write_hydra_record(out: Path, c: TrainConfig) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` of the current Hydra job (what Hydra writes
+    itself with ``hydra.output_subdir``; train.yaml turns that off so that a refused
+    command never overwrites a run's record)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from .._io import atomic_open
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    d = out / ".hydra"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_dict(c))),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))),
+    }
+    for name, text in files.items():
+        with atomic_open(d / name, "w") as f:
+            f.write(text)
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(x) for x in HydraConfig.get().overrides.task]
+
+
+def _member_overrides(parent: list[str], values: dict) -> list[str]:
+    """A packed member's ``key=value`` overrides: the command's own (minus ``pack.*``)
+    plus the member's values."""
+    from .config import _fmt
+
+    keyed = {}
+    for o in parent:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if not key.startswith("pack."):
+            keyed[key] = o
+    for k, v in values.items():
+        keyed[k] = f"{k}={_fmt(v)}"
+    return list(keyed.values())
+
+
+def run_train(cfg, out_dir: str) -> dict:
+    """The train job without Hydra (``cfg``: a :class:`TrainConfig`, a dict or a
+    DictConfig; absent keys take their defaults). Returns the final metrics dict (for a
+    packed sweep, the ``pack.json`` summary). Every check runs before anything is written."""
+    c = to_config(TrainConfig, cfg)
+    out = Path(out_dir)
+    if c.init_from is not None and not (Path(c.init_from) / "model.eqx").is_file():
+        raise ConfigError(f"config key `init_from`: {c.init_from} holds no model.eqx (not a finished heads run)")
+    finished = check_run_dir(c, out)
+    packed = pack_members(c)
+    if finished is not None:
+        if packed:
+            print(f"astrojax train: {_shown(out)} already holds a finished packed sweep of {len(packed)} members; "
+                  "their results:")
+            _print_pack(finished)
+        else:
+            print(f"astrojax train: {_shown(out)} already holds a finished run; its results:")
+            print_result(finished)
+        return finished
+
     import jax
 
-    from ..layers import NeuronAstrocyteAttention
+    if c.x64:
+        jax.config.update("jax_enable_x64", True)
+    n_data = _start_devices(c)
+    teacher = build.load_teacher(c)
+    meth, method_desc = build.method(c)
 
-    src, sc = load_run(c["init_from"], teacher=teacher)
-    want = {"scope": "heads", "m": c["m"], "feature_map": c["feature_map"]}
-    if c["feature_map"] == "dendritic":
-        want["dendrite_hidden"] = c["dendrite_hidden"]
-    have = {k: _get(sc, k) for k in want}
-    if have != want:
-        fmt = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
-        raise ConfigError(
-            f"config key `init_from`: {c['init_from']} must be a run with {fmt(want)} (it has {fmt(have)})"
-        )
-    layers = list(range(teacher.model.num_layers)) if sc["layers"] is None else sc["layers"]
-    student = task.init(jax.random.split(jax.random.PRNGKey(c["seed"]))[0])
-    H = teacher.model.num_heads
-    for j, layer in enumerate(layers):
-        take = lambda x, j=j: x[j * H:(j + 1) * H] if eqx.is_array(x) else x  # noqa: E731
-        attn = student.blocks[layer].attn
-        assert isinstance(attn, NeuronAstrocyteAttention)
-        student = eqx.tree_at(
-            lambda m, layer=layer: (m.blocks[layer].attn.features, m.blocks[layer].attn.params), student,
-            (jax.tree.map(take, src.features), jax.tree.map(take, src.params)),
-        )
-    return student
+    from .._io import atomic_open, save_json
+    from ..teachers import save_model
+    from .checkpoint import CheckpointError, Checkpointer
+    from .loop import LoopConfig, Member, train_members
+    from .plots import plot_before_after, plot_learning_curve
+    from .rundir import MetricsLog, is_main_process, save_resolved_config, write_env_json
+    from .tasks import make_task
 
+    configs = [member_config(c, v) for v in packed] or [c]
+    dirs = [out / f"member_{i:03d}" for i in range(len(packed))] or [out]
+    overrides = [_member_overrides(_task_overrides(), v) for v in packed]
+    main = is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(out / "config.yaml", to_dict(c))
+        _write_hydra_record(out, c)
+        write_env_json(out / "env.json")
+        for d, mc, ov in zip(dirs, configs, overrides):
+            save_resolved_config(d / "config.yaml", to_dict(mc))
+            with atomic_open(d / "overrides.yaml", "w") as f:
+                import yaml
 
-def load_run(run_dir, teacher=None):
-    """``(student, config)`` of a finished training run directory."""
-    from ..teachers import TeacherError, load_model, read_header
+                f.write(yaml.safe_dump(ov, default_flow_style=False))
+    print(f"astrojax train: run directory {_shown(out)}")
 
-    run = Path(run_dir)
-    f = run / "model.eqx"
-    if not f.is_file():
-        raise ConfigError(f"config key `run`: {run} holds no model.eqx (not a finished training run)")
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    with tqdm(total=2 + len(configs), desc="prepare", unit="", file=sys.stdout, disable=not c.progress or None,
+              bar_format="{desc} {n_fmt}/{total_fmt}{postfix}", dynamic_ncols=True) as bar:
+        bar.set_postfix_str(f"training data: the teacher on {c.data.num_chunks} examples")
+        task = make_task(c.scope, teacher, build.task_config(c, meth), build.dtype(c))
+        bar.update(1)
+        members, students0, befores = [], [], []
+        for i, (d, mc) in enumerate(zip(dirs, configs)):
+            bar.set_postfix_str("initial student" + (f" of member {i}" if packed else ""))
+            mtask = task
+            if packed:  # the member's initial parameters
+                import copy
+
+                mtask = copy.copy(task)
+                mtask.cfg = build.task_config(mc, meth)
+            s0 = build.warm_start(mc, teacher, mtask) if mc.init_from is not None else mtask.init(build.init_key(mc.seed))
+            students0.append(s0)
+            members.append(Member(seed=mc.seed, optim=mc.optimizer, loss_weights=dataclasses.asdict(mc.loss),
+                                  init_student=s0))
+            bf = d / "before.json"
+            if bf.is_file():
+                before = json.loads(bf.read_text())
+            else:
+                bar.set_postfix_str("held-out evaluation before training" + (f", member {i}" if packed else ""))
+                before = task.evaluate(s0)
+                if main:
+                    save_json(bf, before)
+            befores.append(before)
+            bar.update(1)
+        bar.set_postfix_str("done")
+        bar.update(1)
+    t_data = time.perf_counter() - t0
+    if packed:
+        print(f"astrojax train: {c.name}: packed sweep of {len(packed)} members ({c.pack.mode}: "
+              f"{'; '.join(', '.join(f'{k}={v}' for k, v in p.items()) for p in packed)}), {c.scope} scope, "
+              f"teacher {teacher.name}, m={c.m}, {method_desc}; {task.num_examples} training examples")
+    else:
+        print(f"astrojax train: {c.name} ({c.scope} scope, teacher {teacher.name}, m={c.m}, {method_desc}); "
+              f"{task.num_examples} training examples; before: {fmt_summary(befores[0]['summary'])}")
+    loop = LoopConfig(steps=c.steps, batch_size=c.batch_size, seed=c.seed, log_every=c.log_every,
+                      checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints, progress=c.progress)
+    logs = [MetricsLog(d / "metrics.jsonl") if main else None for d in dirs]
     try:
-        header = read_header(f)
-    except TeacherError as e:
-        raise ConfigError(f"config key `run`: {e}") from None
-    if header.get("kind") != "astrojax-student" or not isinstance(header.get("config"), dict):
-        raise ConfigError(f"config key `run`: {f} is not an astrojax student (header kind {header.get('kind')!r})")
-    c = header["config"]
-    teacher = _load_teacher(c) if teacher is None else teacher
-    import equinox as eqx
+        with Checkpointer(out / "checkpoints", max_to_keep=c.keep_checkpoints,
+                          save_interval_steps=c.checkpoint_every) as ckpt:
+            students, histories = train_members(task, loop, members, checkpointer=ckpt, metrics_logs=logs,
+                                                vectorize=c.pack.vectorize, data_parallel=n_data)
+    except CheckpointError as e:
+        lines = str(e).splitlines()
+        if not lines[0].startswith("no checkpoint in"):
+            raise
+        steps = [ln.strip().split(":", 1) for ln in lines[1:] if ln.strip().startswith("step ")]
+        which = ", ".join(x[0].split()[1] for x in steps)
+        why = steps[0][1].strip() if steps else "unreadable"
+        raise TrainingError(
+            f"no checkpoint of this run can be read (step{'s' if len(steps) > 1 else ''} {which}; "
+            f"{why}); to restart it from step 0 delete {_shown(out / 'checkpoints')}, or start a new run "
+            "(another hydra.run.dir)") from None
+    except FloatingPointError as e:
+        raise TrainingError(f"training diverged: {e}; the run directory {_shown(out)} keeps its last checkpoint") from None
+    finally:
+        for log in logs:
+            if log is not None:
+                log.close()
+    first_step = first_step_s(histories[0])
+    summary = {"mode": c.pack.mode, "members": []}
+    final = None
+    for i, (d, mc, s0, s1, before, hist) in enumerate(zip(dirs, configs, students0, students, befores, histories)):
+        after = task.evaluate(s1)
+        records = MetricsLog.read(d / "metrics.jsonl") if main else hist
+        final = final_metrics(c, teacher.name, method_desc, before, after, records, s1, t_data, t0, first_step)
+        if packed:
+            final["pack"] = {"member": i, "members": len(packed), "overrides": overrides[i], "values": packed[i],
+                             "parent": ".."}
+        if main:
+            save_model(d / "model.eqx", s1, {"kind": "astrojax-student", "config": to_dict(mc)})
+            title = f"{c.name} member {i}: {', '.join(overrides[i])}" if packed else f"{c.name}: training loss"
+            plot_learning_curve(records, d / "learning_curve.png", title=title)
+            if not packed:
+                plot_before_after(task, s0, s1, before, after, d / "before_after.png", to_dict(c))
+            save_json(d / "metrics.json", final)  # last: its presence marks the run finished
+        summary["members"].append({"dir": d.name, "overrides": overrides[i] if packed else [],
+                                   "values": packed[i] if packed else {}, "final_loss": final["final_loss"],
+                                   "before": before["summary"], "after": after["summary"]})
+    if not packed:
+        print(f"astrojax train: finished; results in {_shown(out)}")
+        print_result(final)
+        return final
+    summary["seconds"] = {"total_this_call": time.perf_counter() - t0, "first_step_this_call": first_step}
+    if main:
+        save_json(out / "pack.json", summary)  # last: marks the sweep finished
+    print(f"astrojax train: finished; results in {_shown(out)}")
+    _print_pack(summary)
+    return summary
 
-    skeleton = eqx.filter_eval_shape(build_student, c, teacher)
-    try:
-        student = load_model(f, skeleton)
-    except TeacherError as e:
-        raise ConfigError(f"config key `run`: {e}") from None
-    return student, c
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    import os
+
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
-def _fmt_summary(s: dict) -> str:
-    parts = []
-    for k, label, pct in (("y_rel_err", "median y error", True), ("r_aZ", "r(a,Z)", False),
-                          ("a_rel_err", "median a error", True),
-                          ("embedding_cosine_mean", "embedding cosine", False),
-                          ("test_accuracy", "test accuracy", True)):
-        if s.get(k) is not None:
-            parts.append(f"{label} {100 * s[k]:.1f}%" if pct else f"{label} {s[k]:.3f}")
-    return ", ".join(parts)
+def _print_pack(res: dict):
+    from .config import _fmt
 
-
-def _print_result(final: dict):
-    print(f"  before training: {_fmt_summary(final['before']['summary'])}")
-    print(f"  after training:  {_fmt_summary(final['after']['summary'])}")
-    if "teacher_test_accuracy" in final["after"]["summary"]:
-        print(f"  teacher test accuracy {100 * final['after']['summary']['teacher_test_accuracy']:.1f}%")
+    for m in res["members"]:
+        print(f"  {m['dir']} ({', '.join(f'{k}={_fmt(v)}' for k, v in m['values'].items())}): final loss "
+              f"{m['final_loss']:.4g}; before: {fmt_summary(m['before'])}; after: {fmt_summary(m['after'])}")
 
 
 def train_job(cfg) -> None:
     """Hydra task of ``astrojax train``."""
-    run_in_hydra_dir("train", run_train, cfg)
-
-
-# ----------------------------------------------------------------------------- evaluate
-
-
-def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
-    """Evaluate a finished run on a text file (default: the packaged held-out paragraph);
-    writes ``evaluate.json`` (or ``out``) and returns the metrics."""
-    from ..teachers import TeacherError
-    from .data import heldout_text
-    from .._io import check_writable
-    from .evaluate import (embedding_cosines, head_fields, nonfinite_warning, print_warning, read_text_file,
-                           split_sentences, summarize_fields, unknown_token_warning)
-    from .students import HeadStudents
-
-    if run is None:
-        raise ConfigError("config key `run`: required (a training run directory)")
-    student, c = load_run(run)
-    check_writable(out or os.path.join(run, "evaluate.json"), "out")  # fail before the evaluation
-    teacher = _load_teacher(c)
-    if teacher.kind != "text":
-        from ..teachers import digits_data, evaluate_digits_vit
-
-        _, _, x_te, y_te = digits_data(seed=teacher.info.get("seed", 0))
-        res = {"test_accuracy": float(evaluate_digits_vit(student, x_te, y_te)),
-               "teacher_test_accuracy": float(evaluate_digits_vit(teacher.model, x_te, y_te))}
-    else:
-        if text is None:
-            body, source = heldout_text(), "astrojax/data/heldout.txt"
-        else:
-            body, source = read_text_file(text), text  # one-line ConfigError: missing, binary, not UTF-8
-        try:
-            ids = teacher.tokenizer.encode(body)
-        except TeacherError as e:
-            raise ConfigError(f"config key `text`: {source}: {e}") from None
-        print_warning(unknown_token_warning(teacher.tokenizer, ids, source))
-        layers = c["layers"] if isinstance(student, HeadStudents) else None
-        rows = head_fields(teacher.model, student, ids, layers)
-        res = {"text": source, "tokens": int(len(ids)), "summary": summarize_fields(rows), "per_head": rows}
-        print_warning(nonfinite_warning(res["summary"], rows))
-        if not isinstance(student, HeadStudents):
-            sents = split_sentences(body)
-            cos = embedding_cosines(teacher.model, student, teacher.tokenizer, sents)
-            whole = embedding_cosines(teacher.model, student, teacher.tokenizer, [body])
-            res["embedding_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min()),
-                                       "sentences": len(sents), "whole_text": float(whole[0])}
-    from .._io import save_json
-
-    path = out or os.path.join(run, "evaluate.json")
-    save_json(path, {"run": str(run), **res})
-    s = res.get("summary", res)
-    print(f"astrojax evaluate: {run}: {_fmt_summary(s)}"
-          + (f", embedding cosine {res['embedding_cosine']['mean']:.4f}" if "embedding_cosine" in res else "")
-          + f"; wrote {path}")
-    return res
-
-
-def evaluate_job(cfg) -> None:
-    from omegaconf import OmegaConf
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c.pop("hydra", None)
-    try:
-        unknown = [k for k in c if k not in ("run", "text", "out")]
-        if unknown:
-            raise ConfigError(f"config key `{unknown[0]}`: unknown key; expected run, text, out")
-        run_evaluate(c["run"], c["text"], c["out"])
-    except ConfigError as e:
-        print(f"astrojax evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_in_hydra_dir("train", run_train, cfg, failures=((TrainingError, "error"),))

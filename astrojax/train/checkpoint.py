@@ -24,6 +24,7 @@ files). Everything else in :mod:`astrojax.train.rundir` is written by process 0 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -170,6 +171,23 @@ def _short(e: BaseException) -> str:
         root = nxt
     out = _first_line(e)
     return out if root is e else f"{out} (cause: {_first_line(root)})"
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record):
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silence orbax's own log records (it logs through absl) while a step is tried: the
+    Checkpointer reports an unrestorable step itself."""
+    log, drop = logging.getLogger("absl"), _DropRecords()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 class _Unrestorable(Exception):
@@ -329,7 +347,8 @@ class Checkpointer:
         failures = []
         for s in candidates:
             try:
-                leaves = self._restore_step(s, like_leaves)
+                with _quiet_orbax():  # a damaged step is reported below, once, with its reason
+                    leaves = self._restore_step(s, like_leaves)
             except Exception as e:  # orbax/tensorstore raise a variety of types for damaged files
                 reason = str(e) if isinstance(e, _Unrestorable) else _short(e)
                 failures.append((s, reason))

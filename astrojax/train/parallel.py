@@ -26,13 +26,12 @@ collective Orbax checkpoint saves and restores.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
-import equinox as eqx
 import jax
 import numpy as np
-import optax
 
 __all__ = ["DATA_AXIS", "DataParallel", "initialize_distributed", "resolve_data_parallel", "host_value"]
 
@@ -157,46 +156,52 @@ def host_value(x):
     return np.asarray(x)
 
 
-def _allow_manual_mesh_in_closure_convert() -> None:
-    """Work around equinox's closure-convert input check inside ``shard_map``
-    (patrick-kidger/diffrax#765, fix proposed in patrick-kidger/equinox#1261): Diffrax's
-    checkpointed-adjoint backward pass re-checks its loop state against the avals it was
-    traced with, and inside ``shard_map`` those avals carry the manual mesh's sharding, so
-    equal shapes and dtypes are rejected ("Closure-converted function called with different
-    dynamic arguments"). The wrapper accepts exactly that case -- same structure, shapes,
-    dtypes and static parts, only the sharding metadata differs -- and defers to equinox
-    otherwise. Installed only by :class:`DataParallel` (never on the single-device path);
-    a no-op if equinox's internals differ (e.g. once the fix is released)."""
-    try:
-        from equinox import _ad
-    except ImportError:  # pragma: no cover
-        return
-    orig = getattr(_ad, "_check_closure_convert_input", None)
-    if orig is None or getattr(orig, "_astrojax_manual_mesh", False):
-        return
-    needed = ("partition", "is_array", "tree_equal", "_strip_weak_dtype", "_unflatten")
-    if not all(hasattr(_ad, n) for n in needed):  # pragma: no cover
-        return
+def shardable_adjoints(tree):
+    """``tree`` with every :class:`~astrojax.DiffraxPath` that uses diffrax's
+    ``RecursiveCheckpointAdjoint`` switched to ``DirectAdjoint`` (the same discretised
+    gradients, computed through a bounded loop instead of a checkpointed one).
 
-    def strip(tree):
-        return jax.tree.map(lambda s: (tuple(s.shape), np.dtype(s.dtype)), tree)
+    The call-site workaround for patrick-kidger/diffrax#765 (fix proposed upstream in
+    patrick-kidger/equinox#1261): inside ``shard_map`` the checkpointed while loop's
+    backward pass calls equinox's closure-converted loop body with values whose avals
+    carry the manual mesh, while the forward pass converted it with (concrete) constants
+    that do not, and equinox refuses the call ("Closure-converted function called with
+    different dynamic arguments"). DirectAdjoint does not closure-convert. Used only by
+    data-parallel training; a single-device run keeps its configured adjoint."""
+    import copy
 
-    def check(self, args, kwargs):
-        try:
-            return orig(self, args, kwargs)
-        except ValueError as e:
-            if "different dynamic arguments" not in str(e):
-                raise
-            in_dynamic, in_static = _ad.partition((args, kwargs), _ad.is_array)
-            got = _ad._strip_weak_dtype(jax.eval_shape(lambda: in_dynamic))
-            want = _ad._unflatten(self.in_dynamic_struct)
-            if (jax.tree.structure(got) != jax.tree.structure(want) or strip(got) != strip(want)
-                    or _ad.tree_equal(in_static, _ad._unflatten(self.in_static)) is not True):
-                raise
-            return in_dynamic
+    import diffrax
+    import equinox as eqx
 
-    check._astrojax_manual_mesh = True
-    _ad._check_closure_convert_input = check
+    from ..integrate import DiffraxPath
+
+    def swap(x):  # the method is a static field of the student modules: walk the fields
+        if isinstance(x, DiffraxPath):
+            if isinstance(x.adjoint, diffrax.RecursiveCheckpointAdjoint):
+                return dataclasses.replace(x, adjoint=diffrax.DirectAdjoint())
+            return x
+        if isinstance(x, eqx.Module):
+            changes = {}
+            for f in dataclasses.fields(x):
+                v = getattr(x, f.name, None)
+                new = swap(v)
+                if new is not v:
+                    changes[f.name] = new
+            if not changes:
+                return x
+            out = copy.copy(x)
+            for k, v in changes.items():
+                object.__setattr__(out, k, v)
+            return out
+        if isinstance(x, (list, tuple)):
+            new = type(x)(swap(v) for v in x) if not hasattr(x, "_fields") else type(x)(*(swap(v) for v in x))
+            return new if any(a is not b for a, b in zip(new, x)) else x
+        if isinstance(x, dict):
+            new = {k: swap(v) for k, v in x.items()}
+            return new if any(new[k] is not x[k] for k in x) else x
+        return x
+
+    return swap(tree)
 
 
 class DataParallel:
@@ -205,7 +210,7 @@ class DataParallel:
     ``replicate(tree)`` places a pytree of host/device arrays on every device of the mesh
     (a global array in a multi-process run; each process passes the same values);
     ``local(tree)`` takes this process's copy back (single-device arrays, for evaluation
-    and saving the model); ``make_step(...)`` builds the jitted step."""
+    and saving the model); ``shard(step, num_args)`` runs a training step on the mesh."""
 
     def __init__(self, n: int):
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -215,8 +220,6 @@ class DataParallel:
             raise ValueError(f"`n` must be between 1 and the {len(devices)} visible devices, got {n}")
         if jax.process_count() > 1 and n != len(devices):
             raise ValueError(f"a multi-process run must use all {len(devices)} devices, got n={n}")
-        if n > 1:
-            _allow_manual_mesh_in_closure_convert()
         self.n = n
         self.mesh = Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -232,31 +235,15 @@ class DataParallel:
     def local(tree):
         return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
-    def make_step(self, loss_fn, opt: optax.GradientTransformation, num_examples: int, batch_size: int):
-        """``step(params, opt_state, step, data, k_data) -> (params, opt_state, loss, terms,
-        grad_norm)`` like the single-device step of :func:`astrojax.train.loop.train`;
-        ``loss_fn(params, data, idx) -> (loss, terms)`` is the per-shard mean loss."""
+    def shard(self, fn, num_args: int):
+        """``fn`` (a step of :func:`astrojax.train.loop.train_members`, ``num_args``
+        positional arguments, all replicated) run on every device of the mesh inside
+        :func:`jax.shard_map`; the step averages its loss and gradients over ``data``
+        itself, so its outputs are equal on every device."""
         from jax.sharding import PartitionSpec as P
 
-        n, N, B = self.n, num_examples, batch_size
-        if B % n:
-            raise ValueError(f"batch_size={B} does not split evenly over {n} devices")
-        b = B // n
-
-        def local_step(params, opt_state, step, data, k_data):
-            # every device draws the whole batch exactly as one device would, then keeps its slice
-            idx = jax.random.choice(jax.random.fold_in(k_data, step), N, (B,), replace=N < B)
-            idx = jax.lax.dynamic_slice_in_dim(idx, jax.lax.axis_index(DATA_AXIS) * b, b)
-            (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params, data, idx)
-            loss, terms, grads = jax.lax.pmean((loss, terms, grads), DATA_AXIS)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            params = eqx.apply_updates(params, updates)
-            return params, opt_state, loss, terms, optax.tree.norm(grads)
-
         # check_vma=False: gradients w.r.t. the replicated parameters are the per-device
-        # gradients (no implicit psum), averaged explicitly above; the outputs are equal on
-        # every device by construction. (The checked mode also trips over the mixed
+        # gradients (no implicit psum), averaged explicitly by the step; the outputs are equal
+        # on every device by construction. (The checked mode also trips over the mixed
         # varying/invariant carries of Diffrax's while loops.)
-        mapped = jax.shard_map(local_step, mesh=self.mesh, in_specs=(P(), P(), P(), P(), P()),
-                               out_specs=P(), check_vma=False)
-        return eqx.filter_jit(mapped)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(),) * num_args, out_specs=P(), check_vma=False)

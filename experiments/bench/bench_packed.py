@@ -31,22 +31,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def build_task(args):
-    from omegaconf import OmegaConf
-
-    from astrojax.train import app
+    from astrojax._hydra import compose
+    from astrojax.train import build
     from astrojax.train.tasks import make_task
 
-    conf = os.path.join(ROOT, "configs")
-    c = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(os.path.join(conf, "train.yaml")),
-                                               OmegaConf.load(os.path.join(conf, "experiment", "quickstart.yaml"))))
-    c.pop("hydra")
-    c.pop("defaults", None)
-    c.update(m=args.m, batch_size=args.batch, layers=[int(x) for x in args.layers.split(",")], steps=args.steps)
-    c["data"].update(chunk_tokens=args.chunk_tokens, num_chunks=args.num_chunks)
-    app.validate_train_config(c)
-    teacher = app._load_teacher(c)
-    method, desc = app._method(c)
-    return c, make_task(c["scope"], teacher, app._task_config(c, method), app._dtype(c)), desc
+    overrides = ["experiment=quickstart", f"m={args.m}", f"batch_size={args.batch}", f"layers=[{args.layers}]",
+                 f"steps={args.steps}", f"data.chunk_tokens={args.chunk_tokens}", f"data.num_chunks={args.num_chunks}"]
+    c = compose("train", overrides)  # the typed, checked config of `astrojax train <overrides>`
+    teacher = build.load_teacher(c)
+    method, desc = build.method(c)
+    return c, make_task(c.scope, teacher, build.task_config(c, method), build.dtype(c)), desc
 
 
 def timing(hist, steps):
@@ -70,13 +64,13 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    from astrojax.train.loop import LoopConfig, OptimConfig, train
+    from astrojax.train.loop import LoopConfig, train
     from astrojax.train.packed import PackMember, train_packed
 
     c, task, desc = build_task(a)
     K, S = a.members, a.steps
     loop = LoopConfig(steps=S, batch_size=a.batch, log_every=S, checkpoint_every=10**9, progress=False)
-    optim = OptimConfig(**c["optimizer"])
+    optim = c.optimizer
     seeds = list(range(K))
     rows = {"separate": [], "packed_vmap": [], "packed_map": []}
     for r in range(a.repeats):
