@@ -15,7 +15,9 @@ For each of ``--n`` recordings (seed ``i``):
 Per free parameter it reports the fraction of recordings whose estimate is within 10 % of
 the truth, the coverage of estimate +- 2 SE (fraction containing the truth; about 95 %
 if the standard errors are calibrated), the median |relative error| and the median
-relative SE. Writes ``fit_recovery[_<tag>].json`` and ``.md`` next to this script.
+relative SE, over all recordings and (when some fit did not converge) over the converged
+fits only. Writes ``fit_recovery[_<tag>].json`` and ``.md`` next to this script
+(``--from-json`` recomputes both from the JSON's per-recording rows without fitting).
 
     python experiments/li_rinzel/fit_recovery.py                       # 6 default free parameters
     python experiments/li_rinzel/fit_recovery.py --n 20 --free identifiable --traces 2 --tag all12
@@ -52,7 +54,14 @@ def main(argv=None):
     ap.add_argument("--restarts", type=int, default=8)
     ap.add_argument("--free", default="default", help="'default', 'identifiable' or comma-separated names")
     ap.add_argument("--tag", default="", help="suffix of the output files")
+    ap.add_argument("--from-json", action="store_true",
+                    help="no fitting: recompute the summaries and the table from fit_recovery[_tag].json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        base = os.path.join(HERE, "fit_recovery" + (f"_{args.tag}" if args.tag else ""))
+        with open(base + ".json") as fh:
+            write_outputs(json.load(fh), args.tag)
+        return
 
     import jax
 
@@ -112,17 +121,6 @@ def main(argv=None):
         print(f"recording {i:2d}: fit {dt:6.1f} s, reduced chi2 {fit.reduced_chi2:.3f}, "
               f"worst |rel error| {worst:.3%}, converged {fit.converged}", flush=True)
 
-    summary = {}
-    for n in free:
-        v = [r["params"][n] for r in rows]
-        summary[n] = {
-            "within_10pct": float(np.mean([x["within_10pct"] for x in v])),
-            "coverage_2se": float(np.mean([x["covered_2se"] for x in v])),
-            "median_abs_rel_error": float(np.median([abs(x["rel_error"]) for x in v])),
-            "max_abs_rel_error": float(np.max([abs(x["rel_error"]) for x in v])),
-            "median_rel_se": float(np.median([x["rel_se"] for x in v])),
-        }
-    z = np.array([[r["params"][n]["rel_error"] for n in free] for r in rows])
     cmd = "python experiments/li_rinzel/fit_recovery.py" + "".join(
         f" --{k} {v}" for k, v in [("n", args.n), ("traces", args.traces), ("restarts", args.restarts),
                                    ("free", args.free), ("tag", args.tag)] if v not in ("", None))
@@ -140,40 +138,84 @@ def main(argv=None):
             "restarts": args.restarts,
             "free": list(free),
         },
-        "summary": summary,
-        "all_within_10pct_fraction": float(np.mean(np.all(np.abs(z) <= 0.10, axis=1))),
-        "converged_fraction": float(np.mean([r["converged"] for r in rows])),
-        "recordings_warned": int(sum(r["warned"] for r in rows)),
-        "median_reduced_chi2": float(np.median([r["reduced_chi2"] for r in rows])),
-        "median_fit_seconds_after_first": float(np.median([r["fit_seconds"] for r in rows[1:]])) if len(rows) > 1
-        else float(rows[0]["fit_seconds"]),
-        "first_fit_seconds_with_compile": rows[0]["fit_seconds"],
         "total_seconds": time.perf_counter() - t_start,
         "recordings": rows,
     }
-    base = os.path.join(HERE, "fit_recovery" + (f"_{args.tag}" if args.tag else ""))
+    write_outputs(out, args.tag)
+
+
+def _summary(rows, free):
+    import numpy as np
+
+    out = {}
+    for n in free:
+        v = [r["params"][n] for r in rows]
+        out[n] = {
+            "within_10pct": float(np.mean([x["within_10pct"] for x in v])),
+            "coverage_2se": float(np.mean([x["covered_2se"] for x in v])),
+            "median_abs_rel_error": float(np.median([abs(x["rel_error"]) for x in v])),
+            "max_abs_rel_error": float(np.max([abs(x["rel_error"]) for x in v])),
+            "median_rel_se": float(np.median([x["rel_se"] for x in v])),
+        }
+    z = np.array([[r["params"][n]["rel_error"] for n in free] for r in rows])
+    return out, float(np.mean(np.all(np.abs(z) <= 0.10, axis=1)))
+
+
+def _table(summary):
+    lines = ["| parameter | within 10 % | coverage of ±2 SE | median abs. rel. error | max abs. rel. error | median rel. SE |",
+             "|---|---|---|---|---|---|"]
+    for n, s in summary.items():
+        lines.append(f"| `{n}` | {s['within_10pct']:.0%} | {s['coverage_2se']:.0%} | "
+                     f"{s['median_abs_rel_error']:.2%} | {s['max_abs_rel_error']:.2%} | {s['median_rel_se']:.2%} |")
+    return lines
+
+
+def write_outputs(out, tag):
+    """Summaries (all recordings; converged fits only) -> fit_recovery[_tag].json and .md."""
+    import numpy as np
+
+    rows, free, st = out["recordings"], out["setup"]["free"], out["setup"]
+    conv = [r for r in rows if r["converged"]]
+    out["summary"], out["all_within_10pct_fraction"] = _summary(rows, free)
+    out["n_converged"] = len(conv)
+    if conv:
+        out["summary_converged"], out["all_within_10pct_fraction_converged"] = _summary(conv, free)
+    out["converged_fraction"] = len(conv) / len(rows)
+    out["recordings_warned"] = int(sum(r["warned"] for r in rows))
+    out["median_reduced_chi2"] = float(np.median([r["reduced_chi2"] for r in rows]))
+    out["max_reduced_chi2"] = float(np.max([r["reduced_chi2"] for r in rows]))
+    out["median_fit_seconds_after_first"] = float(np.median([r["fit_seconds"] for r in rows[1:]])) \
+        if len(rows) > 1 else float(rows[0]["fit_seconds"])
+    out["first_fit_seconds_with_compile"] = rows[0]["fit_seconds"]
+    base = os.path.join(HERE, "fit_recovery" + (f"_{tag}" if tag else ""))
     with open(base + ".json.tmp", "w") as fh:
         json.dump(out, fh, indent=1)
     os.replace(base + ".json.tmp", base + ".json")
 
-    lines = [
-        f"Recovery over {args.n} synthetic recordings ({args.traces} trace(s) of 150 s each, "
-        f"{args.restarts} restarts); command: `{cmd}`",
-        "",
-        "| parameter | within 10 % | coverage of ±2 SE | median abs. rel. error | max abs. rel. error | median rel. SE |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, s in summary.items():
-        lines.append(f"| `{n}` | {s['within_10pct']:.0%} | {s['coverage_2se']:.0%} | "
-                     f"{s['median_abs_rel_error']:.2%} | {s['max_abs_rel_error']:.2%} | {s['median_rel_se']:.2%} |")
+    lines = [f"Recovery over {len(rows)} synthetic recordings ({st['traces_per_recording']} trace(s) of "
+             f"{st['duration_ms'] / 1000:.0f} s each, {st['restarts']} restarts); command: `{out['command']}`", ""]
+    lines += _table(out["summary"])
     lines += [
         "",
         f"All free parameters within 10 % in {out['all_within_10pct_fraction']:.0%} of the recordings; "
-        f"converged {out['converged_fraction']:.0%}; non-identifiability warnings in "
-        f"{out['recordings_warned']} recording(s); median reduced chi-square {out['median_reduced_chi2']:.3f}; "
-        f"median fit time {out['median_fit_seconds_after_first']:.1f} s (after the first, compiling, fit).",
+        f"converged {len(conv)} of {len(rows)}; non-identifiability warnings in "
+        f"{out['recordings_warned']} recording(s); reduced chi-square median {out['median_reduced_chi2']:.3f}, "
+        f"max {out['max_reduced_chi2']:.3f}; median fit time {out['median_fit_seconds_after_first']:.1f} s "
+        "(after the first, compiling, fit).",
         "",
     ]
+    if conv and len(conv) < len(rows):
+        bad = [r for r in rows if not r["converged"]]
+        lines += [
+            f"Not converged (`ImagingFit.converged` false): recording(s) "
+            + ", ".join(f"{r['seed']} (reduced chi-square {r['reduced_chi2']:.3f})" for r in bad)
+            + f". The {len(conv)} converged fits alone:",
+            "",
+            *_table(out["summary_converged"]),
+            "",
+            f"All free parameters within 10 % in {out['all_within_10pct_fraction_converged']:.0%} of the converged fits.",
+            "",
+        ]
     with open(base + ".md.tmp", "w") as fh:
         fh.write("\n".join(lines))
     os.replace(base + ".md.tmp", base + ".md")
