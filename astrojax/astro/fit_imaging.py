@@ -474,8 +474,12 @@ def _make_solver(free, lm_rtol, lm_atol, n_lm_steps, ode_rtol, ode_atol, max_ste
         logps, costs, results, nsteps = jax.vmap(solve)(u0s)
         best = jnp.argmin(jnp.where(jnp.isfinite(costs), costs, jnp.inf))
         logp = logps[best]
-        r, ok = res(logp, *data)
-        J = jax.jacfwd(lambda lp: res(lp, *data)[0])(logp)
+
+        def res_aux(lp):
+            r, ok = res(lp, *data)
+            return r, (r, ok)
+
+        J, (r, ok) = jax.jacfwd(res_aux, has_aux=True)(logp)  # one solve for residuals and Jacobian
         return logps, costs, results, nsteps, best, r, ok, J
 
     return run
