@@ -278,6 +278,12 @@ def _affine_scan(A, B, init=None, reverse=False, parallel=False):
     return jax.lax.associative_scan(combine, (A, B), reverse=reverse)[1]
 
 
+def _cum(op, x, init):
+    """Inclusive cumulative ``op`` along the first axis as a sequential scan (compiles
+    much faster than the associative forms of cumsum / cumprod on CPU)."""
+    return jax.lax.scan(lambda c, e: (op(c, e), op(c, e)), init, x)[1]
+
+
 def _shift_right(z, first=None):
     """Window-start values from window-end values (the first window starts at ``first``)."""
     head = jnp.zeros_like(z[:1]) if first is None else jnp.broadcast_to(jnp.asarray(first, z.dtype), z[:1].shape)
@@ -425,13 +431,24 @@ def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: boo
     F = F * vwin[:, None]
     # memory log-scale: running max of sigma over valid writes
     sw = jnp.where((write * vwin) > 0, sigma, _FLOOR)
-    mu = jax.lax.cummax(sw) if gain_control else jnp.zeros_like(sigma)
+    if gain_control:
+        # running max and log of sum exp(sw - running max) in one sequential scan (cheaper to
+        # compile than the associative forms of cummax / cumlogsumexp)
+        def run(c, x):
+            m0, l0 = c
+            m1 = jnp.maximum(m0, x)
+            l1 = jnp.log(jnp.exp(l0 + m0 - m1) + jnp.exp(x - m1))
+            return (m1, l1), (m1, l1)
+
+        _, (mu, lsum) = jax.lax.scan(run, (jnp.asarray(_FLOOR, dtype), jnp.asarray(-jnp.inf, dtype)), sw)
+    else:
+        mu = jnp.zeros_like(sigma)
     mu_prev = _shift_right(mu, _FLOOR) if gain_control else mu
     omega = jnp.where(write * vwin > 0, jnp.exp(jnp.minimum(sigma - mu, 0.0)), 0.0)
     rescale = jnp.exp(jnp.minimum(mu_prev - mu, 0.0))
     if gain_control:
         # effective number of tokens written: sum of their plasticity gains exp(sigma - mu)
-        nwritten = jnp.exp(jax.lax.cumlogsumexp(sw) - mu)
+        nwritten = jnp.exp(lsum)
     else:
         nwritten = jnp.cumsum(write * vwin)
     gain = jnp.where(write > 0, 0.0, 1.0 / jnp.maximum(nwritten, 1.0))
@@ -460,17 +477,17 @@ def _bidirectional_reads(P, ep: _Episode, par):
     gp = P.eta_p / P.tau_p
     A = jnp.sum(vw) - jnp.cumsum(vw)  # valid write windows after each write
     om = ep.omega[:T] * jnp.exp(ep.mu[:T] - ep.mu[T - 1])  # relative to the final memory scale
-    u = v_w = (gH * om * jnp.exp(-P.decay_H * A))[:, None] * ep.v
+    u = (gH * om * jnp.exp(-P.decay_H * A))[:, None] * ep.v
     up = gp * om * jnp.exp(-P.decay_p * A)
     # sum_i u_i h0_i^T = sum_l (1 - c_l) Z_l F_l^T,  Z_l = u_{l+1} + c_{l+1} Z_{l+1}
     Z = _shift_left(_affine_scan(cw, u, reverse=True, parallel=par))
     Zp = _shift_left(_affine_scan(cw, up, reverse=True, parallel=par))
-    Hmem = ((IH1 - IH2) * v_w + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
+    Hmem = ((IH1 - IH2) * u + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
     pmem = ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp) @ Fw  # (m,)
-    Q = _shift_left(jax.lax.cumprod(cw, reverse=True)).at[-1].set(1.0)  # prod_{i>l} c_i
+    Q = _shift_left(jax.lax.scan(lambda c, x: (c * x, c * x), jnp.ones((), dtype), cw, reverse=True)[1]).at[-1].set(1.0)
     h_last = ((1.0 - cw) * Q) @ Fw
     FrH, Frp = Fr @ Hmem.T, Fr @ pmem
-    from_F = (1.0 - cr)
+    from_F = 1.0 - cr
     X = _shift_right(_affine_scan(cr, from_F[:, None] * FrH, Hmem @ h_last, parallel=par), Hmem @ h_last)
     Xp = _shift_right(_affine_scan(cr, from_F * Frp, pmem @ h_last, parallel=par), pmem @ h_last)
     B = jnp.cumsum(vr) - vr  # valid read windows before each read
@@ -504,7 +521,6 @@ def _causal_reads(P, ep: _Episode, C: int):
     valid = padw(ep.valid)
     sigma = padw(ep.sigma)
     mu = padw(ep.mu, jnp.max(ep.mu))  # padded windows: identity, scale unchanged
-    omega = padw(ep.omega)
     vpad = jnp.concatenate([ep.v, jnp.zeros((pad, Dv), dtype)]).reshape(nc, C, Dv)
     c = jnp.exp(-1.0 / P.tau_h)
     IH1, IH2 = _write_integrals(P.decay_H, P.tau_h, d)
@@ -519,14 +535,14 @@ def _causal_reads(P, ep: _Episode, C: int):
 
     def chunk(carry, xs):
         h_end, Hc, pc, mu_c = carry
-        Fc, vc, sc, muc, omc, val = xs
+        Fc, vc, sc, muc, val = xs  # the plasticity factors exp(sigma - mu) enter through `base`
         cw = jnp.where(val > 0, c, 1.0)
         # hidden rates at window starts: h0_j = prod_{i<j} c_i h_end + sum_{l<j} (1-c_l) prod_{l<i<j} c_i F_l
         E = jnp.where(jj[:, None] > jj[None, :], cw[:, None], 1.0)
-        CP = jax.lax.cumprod(E, axis=0)  # CP[j, l] = prod_{l<i<=j} c_i
+        CP = _cum(jnp.multiply, E, jnp.ones((n,), dtype))  # CP[j, l] = prod_{l<i<=j} c_i
         CPs = jnp.concatenate([jnp.ones((1, n), dtype), CP[:-1]], axis=0)  # prod_{l<i<j}
         Mh = jnp.where(lower, (1.0 - cw)[None, :] * CPs, 0.0)
-        ex = jnp.concatenate([jnp.ones((1,), dtype), jnp.cumprod(cw)[:-1]])
+        ex = jnp.concatenate([jnp.ones((1,), dtype), _cum(jnp.multiply, cw, jnp.ones((), dtype))[:-1]])
         h0 = Mh @ Fc + ex[:, None] * h_end[None, :]
         h_end_new = cw[-1] * h0[-1] + (1.0 - cw[-1]) * Fc[-1]
         Fk, Fq, h0w, h0r = Fc[0::2], Fc[1::2], h0[0::2], h0[1::2]
@@ -534,7 +550,7 @@ def _causal_reads(P, ep: _Episode, C: int):
         sk = sc[0::2]
         mu_t = muc[1::2]  # scale in force at each read
         mu_e = muc[-1]
-        Vc = jnp.cumsum(val)
+        Vc = _cum(jnp.add, val, jnp.zeros((), dtype))
         lag = Vc[1::2][:, None] - 1.0 * Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
         G = jnp.concatenate([Fq, h0r]) @ jnp.concatenate([Fk, h0w]).T  # (2C, 2C)
         GFF, GF0, G0F, G00 = G[:C, :C], G[:C, C:], G[C:, :C], G[C:, C:]
@@ -564,9 +580,8 @@ def _causal_reads(P, ep: _Episode, C: int):
         pc = sp * pc + ep_ @ Ktp
         return (h_end_new, Hc, pc, mu_e), (Y1, Y2, P1, P2)
 
-    del omega  # the omega factors are exp(sigma - mu) and enter through `base`
     init = (jnp.zeros((m,), dtype), jnp.zeros((Dv, m), dtype), jnp.zeros((m,), dtype), jnp.asarray(_FLOOR, dtype))
-    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (F, vpad, sigma, mu, padw(ep.omega), valid))
+    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (F, vpad, sigma, mu, valid))
     Y1, Y2 = Y1.reshape(nc * C, Dv)[:T], Y2.reshape(nc * C, Dv)[:T]
     P1, P2 = P1.reshape(-1)[:T], P2.reshape(-1)[:T]
     J = 2 * T

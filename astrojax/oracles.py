@@ -79,20 +79,39 @@ def _weighted_rfa(q, k, v, fmap: AbstractFeatureMap, weights, log: bool = False,
         lq, lk = fmap.log_features(qs), fmap.log_features(ks)
         T = q.shape[0]
         if causal_rows:
-            # per-feature shift over the keys row t may see (prefix maximum up to t), so
-            # a later, larger key cannot push the allowed ones out of range
-            sk = jax.lax.stop_gradient(jax.lax.cummax(lk, axis=0))  # (T, m)
-            lqs = lq + sk
-            sq = jax.lax.stop_gradient(jnp.max(lqs, axis=-1, keepdims=True))
-
+            # per-feature shift over the keys a row may see: the prefix maximum up to the
+            # end of its block of 16 rows (a matmul per block); if a row still underflows
+            # (its allowed keys are far below later ones in its block), every row is
+            # recomputed with its own prefix maximum (exact, O(T^2 m) exponentials)
+            B = 16
+            nb = -(-T // B)
+            skall = jax.lax.stop_gradient(jax.lax.cummax(lk, axis=0))  # (T, m)
+            ends = jnp.minimum(jnp.arange(nb) * B + B - 1, T - 1)
             taus = jnp.arange(T)
 
-            def row(r):
-                lqs_t, sk_t, sq_t, t = r
-                lk_t = jnp.where((taus <= t)[:, None], lk - sk_t, -jnp.inf)  # future keys: weight 0
-                return jnp.exp(lk_t) @ jnp.exp(lqs_t - sq_t)
+            def kernel(sk):  # sk: (T, m) shift used by each row
+                lqs = lq + sk
+                sq = jax.lax.stop_gradient(jnp.max(lqs, axis=-1, keepdims=True))
 
-            kern = jax.lax.map(row, (lqs, sk, sq, taus), batch_size=min(T, 64))
+                def row(r):
+                    lqs_t, sk_t, sq_t, t = r
+                    lk_t = jnp.where((taus <= t)[:, None], lk - sk_t, -jnp.inf)  # future keys: weight 0
+                    return jnp.exp(lk_t) @ jnp.exp(lqs_t - sq_t)
+
+                return jax.lax.map(row, (lqs, sk, sq, taus), batch_size=min(T, 64)), sq
+
+            sk_rows = jnp.repeat(skall[ends], B, axis=0)[:T]
+            lqs_b = lq + sk_rows
+            sq_b = jax.lax.stop_gradient(jnp.max(lqs_b, axis=-1, keepdims=True))
+            Qb = jnp.concatenate([jnp.exp(lqs_b - sq_b), jnp.zeros((nb * B - T, lq.shape[1]), lq.dtype)])
+
+            def block(i):  # rows of block i against every key, shift = prefix max at block end
+                lk_i = jnp.where((taus <= ends[i])[:, None], lk - skall[ends[i]], -jnp.inf)
+                return jax.lax.dynamic_slice_in_dim(Qb, i * B, B) @ jnp.exp(lk_i).T
+
+            kern_b = jax.lax.map(block, jnp.arange(nb)).reshape(nb * B, T)[:T]
+            under = jnp.any(jnp.sum(kern_b * weights, axis=-1) < 1e3 * jnp.finfo(kern_b.dtype).tiny)
+            kern, sq = jax.lax.cond(under, lambda: kernel(skall), lambda: (kern_b, sq_b))
         else:
             sk = jax.lax.stop_gradient(jnp.max(lk, axis=0))  # (m,) per-feature key shift
             lqs = lq + sk
