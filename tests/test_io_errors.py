@@ -39,29 +39,26 @@ needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="needs the MiniLM teac
 
 
 def run_main(args, capsys):
-    """``(exit status, stdout, stderr)`` of ``astrojax <args>`` run in this process."""
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """``(exit status, stdout, stderr)`` of ``astrojax <args>`` in a subprocess (Hydra
+    reconfigures logging when it runs in-process, which closes pytest's capture handlers)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "astrojax.cli", *args], capture_output=True, text=True, env=env,
+                       timeout=600)
+    return r.returncode, r.stdout, r.stderr
 
 
 def run_evaluate_job(capsys, **keys):
-    """``(exit status, stdout, stderr)`` of the ``astrojax evaluate`` task on config ``keys``."""
-    from omegaconf import OmegaConf
+    """``(exit status, stdout, stderr)`` of ``astrojax evaluate`` on config ``keys`` (a
+    subprocess: the job runs inside Hydra's run directory)."""
+    import tempfile
 
-    from astrojax.train.app import evaluate_job
-
-    cfg = OmegaConf.create({"run": None, "text": None, "out": None, **{k: str(v) for k, v in keys.items()}})
-    try:
-        evaluate_job(cfg)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    args = ["evaluate", *[f"{k}={v}" for k, v in keys.items()], f"hydra.run.dir={tempfile.mkdtemp()}"]
+    return run_main(args, capsys)
 
 
 def one_error_line(err: str, *needles: str) -> str:
@@ -269,16 +266,19 @@ def student_run(tmp_path_factory):
 
     import astrojax as aj
     from astrojax.teachers import save_model
-    from astrojax.train.app import _load_teacher, build_student, validate_train_config
+    from astrojax._config import to_config, to_dict
+    from astrojax.train.build import build_student, load_teacher
+    from astrojax.train.config import TrainConfig
 
     conf = os.path.join(os.path.dirname(aj.__file__), "conf")
     c = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(os.path.join(conf, "train.yaml")),
                                                OmegaConf.load(os.path.join(conf, "experiment", "quickstart.yaml"))))
     c.pop("hydra")
     c.pop("defaults", None)
-    c.update(m=8, progress=False)
-    validate_train_config(c)
-    student = build_student(c, _load_teacher(c))
+    c.update(m=8)
+    c = to_config(TrainConfig, c)
+    student = build_student(c, load_teacher(c))
+    c = to_dict(c)
     root = tmp_path_factory.mktemp("runs")
     save_model(root / "good" / "model.eqx", student, {"kind": "astrojax-student", "config": c})
     broken = eqx.tree_at(lambda s: s.params.tau_a, student, student.params.tau_a.at[3].set(jnp.nan))

@@ -12,6 +12,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from astrojax.astro import (
+    RESULTS,
     LiRinzelParams,
     LiRinzelState,
     RateInput,
@@ -233,7 +234,42 @@ def test_step_budget_exhaustion_is_reported_not_silent():
     sol = simulate_li_rinzel(LiRinzelParams(), SpikeInput(_poisson(0.05, 5000.0, 5), 10.0),
                              jnp.linspace(0.0, 5000.0, 11), max_steps=20)
     assert not bool(sol.ok)
-    assert sol.result == dfx.RESULTS.max_steps_reached
+    assert sol.result == RESULTS.max_steps_reached
+    assert sol.stats["diffrax_result"] == dfx.RESULTS.max_steps_reached
+    assert int(sol.num_steps) == 20
+    assert np.isnan(np.asarray(sol.Ca_astro)[-1])  # unreached samples are NaN, not stale values
+    assert "max_steps" in sol.message
+
+
+def test_result_codes_extend_the_core_codes():
+    """astro.RESULTS holds every code of astrojax.integrate.RESULTS (promote maps them) plus
+    solver_failed; Diffrax failures other than the step budget and non-finite inputs map
+    to their own codes; a successful solve reports successful with consistent step counts."""
+    from astrojax.integrate import RESULTS as core
+
+    for name in ("successful", "nonfinite_input", "max_steps_reached"):
+        assert RESULTS.promote(getattr(core, name)) == getattr(RESULTS, name)
+    ts = jnp.linspace(0.0, 2000.0, 5)
+    # one vmapped solve: a normal member and one with a NaN parameter
+    out = jax.vmap(lambda r: simulate_li_rinzel(LiRinzelParams().replace(rate_SERCA=r),
+                                                SpikeInput([100.0, 900.0], 10.0), ts))(jnp.asarray([0.0009, jnp.nan]))
+    ok = jax.tree.map(lambda x: x[0], out)
+    assert ok.result == RESULTS.successful and ok.message == ""
+    assert int(ok.stats["num_steps"]) == int(ok.stats["num_accepted_steps"]) + int(ok.stats["num_rejected_steps"])
+    bad = jax.tree.map(lambda x: x[1], out)
+    assert bad.result == RESULTS.nonfinite_input and np.all(np.isnan(np.asarray(bad.Ca_astro)))
+    assert int(bad.num_steps) < 100  # frozen, not max_steps of rejected NaN steps
+    np.testing.assert_array_equal(np.asarray(out.ok), [True, False])
+    # every Diffrax code maps to exactly one astro code
+    from astrojax.astro.li_rinzel import _map_diffrax_result
+
+    T, F = jnp.asarray(True), jnp.asarray(False)
+    expect = {"successful": "successful", "max_steps_reached": "max_steps_reached"}
+    for name in dfx.RESULTS._name_to_item:
+        got = _map_diffrax_result(getattr(dfx.RESULTS, name), T, T)
+        assert got == getattr(RESULTS, expect.get(name, "solver_failed")), name
+    assert _map_diffrax_result(dfx.RESULTS.successful, T, F) == RESULTS.solver_failed  # NaN output
+    assert _map_diffrax_result(dfx.RESULTS.successful, F, T) == RESULTS.nonfinite_input
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,29 @@ Self-contained (it does not use the neuron--astrocyte attention network):
   Diffrax simulation;
 - :mod:`astrojax.astro.oscillations`: steady state, Hopf points and oscillation features
   at constant IP3;
-- :mod:`astrojax.astro.fluorescence`: a GCaMP-like observation model (calcium -> dF/F).
+- :mod:`astrojax.astro.fluorescence`: a GCaMP-like observation model (calcium -> dF/F);
+- :mod:`astrojax.astro.fit_imaging`: synthetic imaging recordings and the gradient-based
+  least-squares fit of Li--Rinzel parameters to dF/F, with standard errors and an
+  identifiability check.
 """
 from .fluorescence import FluorescenceTrace, IndicatorParams, bound_fraction, observe_fluorescence
+from .fit_imaging import (
+    IDENTIFIABLE,
+    ImagingFit,
+    ImagingRecording,
+    NonIdentifiabilityWarning,
+    fit_imaging,
+    load_recording,
+    save_recording,
+    synthesize_imaging,
+)
 
 from .oscillations import hopf_points, oscillation_features, steady_state, steady_state_eigenvalues
 from .li_rinzel import (
     NEST_DEFAULTS,
     NEST_INITIAL_STATE,
     PARAM_NAMES,
+    RESULTS,
     LiRinzelParams,
     LiRinzelSolution,
     LiRinzelState,
@@ -30,6 +44,7 @@ __all__ = [
     "LiRinzelParams",
     "LiRinzelState",
     "LiRinzelSolution",
+    "RESULTS",
     "SpikeInput",
     "RateInput",
     "simulate_li_rinzel",
@@ -47,4 +62,12 @@ __all__ = [
     "FluorescenceTrace",
     "bound_fraction",
     "observe_fluorescence",
+    "ImagingRecording",
+    "ImagingFit",
+    "NonIdentifiabilityWarning",
+    "synthesize_imaging",
+    "save_recording",
+    "load_recording",
+    "fit_imaging",
+    "IDENTIFIABLE",
 ]

@@ -119,6 +119,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..integrate import RESULTS as _CoreRESULTS
 from .._validate import as_array, check_finite, check_nonnegative, check_positive, is_concrete
 
 __all__ = [
@@ -127,6 +128,7 @@ __all__ = [
     "SpikeInput",
     "RateInput",
     "LiRinzelSolution",
+    "RESULTS",
     "li_rinzel_vector_field",
     "sic_current",
     "ip3_trace",
@@ -453,23 +455,66 @@ def ip3_trace(params: LiRinzelParams, inputs, ts, *, IP3_init=None, t0=0.0):
     return _make_ip3(params, _as_inputs(inputs), t0, jnp.max(ts), ip3_init)(ts)
 
 
+class RESULTS(_CoreRESULTS):  # pyright: ignore
+    """Result codes of :func:`simulate_li_rinzel`: the core's :class:`astrojax.integrate.RESULTS`
+    (every code of the attention network's ``solve``) plus ``solver_failed``.
+
+    Diffrax's result is mapped onto them: ``successful`` -> ``successful``,
+    ``max_steps_reached`` -> ``max_steps_reached``, any other Diffrax failure (step size
+    below ``dtmin``, a singular or non-converging implicit step, ...) -> ``solver_failed``.
+    Non-finite parameters, inputs, ``y0`` or ``ts`` give ``nonfinite_input``; a successful
+    solve whose saved values are not finite gives ``solver_failed``. A core code converts
+    with ``RESULTS.promote(astrojax.integrate.RESULTS.x)``; Equinox enumerations compare
+    only within one class, so compare with ``astrojax.astro.RESULTS.x`` (or use ``.ok``).
+    """
+
+    solver_failed = (
+        "the Diffrax solver failed (step size underflow, a singular or non-converging implicit step, "
+        "or a non-finite solution); `diffrax_result` in Solution.stats has Diffrax's own code"
+    )
+
+
+def _map_diffrax_result(dres, finite_input, finite_output):
+    """Diffrax's result (possibly batched) -> :class:`RESULTS` (see its docstring)."""
+    ok = dres == dfx.RESULTS.successful
+    steps = dres == dfx.RESULTS.max_steps_reached
+    out = RESULTS.where(steps, RESULTS.max_steps_reached, RESULTS.solver_failed)
+    out = RESULTS.where(ok & finite_output, RESULTS.successful, out)
+    return RESULTS.where(finite_input, out, RESULTS.nonfinite_input)
+
+
 class LiRinzelSolution(eqx.Module):
     """Traces at ``ts`` (ms): ``Ca_astro``, ``IP3`` (µM), ``h_IP3R`` (1), ``SIC`` (NEST's SIC
-    output); ``result`` is Diffrax's result code (``diffrax.RESULTS.successful`` when the
-    solve finished; values after a failure are NaN-filled by Diffrax, never silently wrong);
-    ``num_steps`` the accepted + rejected solver steps."""
+    output).
+
+    ``result`` is a :class:`RESULTS` code (the core's codes plus ``solver_failed``; Diffrax's
+    result mapped onto them). After a failure the samples not reached are NaN (never silently
+    wrong values). ``stats``: ``num_steps`` (accepted + rejected solver
+    steps), ``num_accepted_steps``, ``num_rejected_steps`` and ``diffrax_result`` (Diffrax's
+    own code). ``ok`` is ``result == RESULTS.successful`` (a boolean array under ``vmap``);
+    ``num_steps`` is ``stats["num_steps"]``.
+    """
 
     ts: jax.Array
     Ca_astro: jax.Array
     IP3: jax.Array
     h_IP3R: jax.Array
     SIC: jax.Array
-    result: dfx.RESULTS
-    num_steps: jax.Array
+    result: RESULTS
+    stats: dict
 
     @property
     def ok(self):
-        return self.result == dfx.RESULTS.successful
+        return self.result == RESULTS.successful
+
+    @property
+    def num_steps(self):
+        return self.stats["num_steps"]
+
+    @property
+    def message(self) -> str:
+        """The result's message ('' when successful); concrete, unbatched results only."""
+        return RESULTS[self.result]
 
 
 def _jump_times(inputs, t0, t1, dtype):
@@ -556,12 +601,16 @@ def simulate_li_rinzel(
     t1 = ts[-1]
 
     ip3_of_t = _make_ip3(params, inputs, t0, t1, y0.IP3)
+    # Non-finite input: freeze the solve (zero vector field, finite start) so that it ends in
+    # a few steps instead of spending max_steps on rejected NaN steps; the traces become NaN
+    # and the result nonfinite_input.
+    finite_in = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((params, inputs, y0, ts))]))
 
     def vf(t, y, args):
         ca, h = y
         ip3 = ip3_of_t(t)
         d = li_rinzel_vector_field(t, LiRinzelState(ip3, ca, h), params)
-        return d.Ca_astro, d.h_IP3R
+        return jnp.where(finite_in, d.Ca_astro, 0.0), jnp.where(finite_in, d.h_IP3R, 0.0)
 
     controller = dfx.PIDController(
         rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, jump_ts=_jump_times(inputs, t0, t1, dtype)
@@ -572,7 +621,7 @@ def simulate_li_rinzel(
         t0,
         t1,
         dt0,
-        (y0.Ca_astro, y0.h_IP3R),
+        (jnp.where(finite_in, y0.Ca_astro, 0.0), jnp.where(finite_in, y0.h_IP3R, 0.0)),
         saveat=dfx.SaveAt(ts=ts),
         stepsize_controller=controller,
         max_steps=max_steps,
@@ -580,7 +629,13 @@ def simulate_li_rinzel(
         throw=False,
     )
     ca, h = sol.ys
-    ca = jnp.clip(ca, 0.0, params.Ca_tot)  # as NEST after every step
+    ca = jnp.where(finite_in, ca, jnp.nan)
+    h = jnp.where(finite_in, h, jnp.nan)
+    finite_out = jnp.all(jnp.isfinite(ca)) & jnp.all(jnp.isfinite(h))
+    # Diffrax leaves samples after a failure at inf; report them as NaN (clipping would turn
+    # them into a plausible Ca_tot).
+    ca = jnp.where(jnp.isfinite(ca), jnp.clip(ca, 0.0, params.Ca_tot), jnp.nan)  # clip as NEST after every step
+    h = jnp.where(jnp.isfinite(h), h, jnp.nan)
     ip3 = ip3_of_t(ts)
     return LiRinzelSolution(
         ts=ts,
@@ -588,6 +643,11 @@ def simulate_li_rinzel(
         IP3=ip3,
         h_IP3R=h,
         SIC=sic_current(ca, params),
-        result=sol.result,
-        num_steps=sol.stats["num_steps"] + sol.stats["num_rejected_steps"],
+        result=_map_diffrax_result(sol.result, finite_in, finite_out),
+        stats={
+            "num_steps": sol.stats["num_steps"],
+            "num_accepted_steps": sol.stats["num_accepted_steps"],
+            "num_rejected_steps": sol.stats["num_rejected_steps"],
+            "diffrax_result": sol.result,
+        },
     )
