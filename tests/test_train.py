@@ -159,6 +159,11 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
     full = tmp_path / "full"
     res = run_train(tiny_config(), str(full))
     assert res["after"]["summary"]["heads"] == 12
+    # 20 steps already improve the held-out match (astrojax/data/heldout.txt, never trained on):
+    # the median read-out error of the 12 heads drops by more than a tenth
+    before, after = res["before"]["summary"], res["after"]["summary"]
+    assert after["y_rel_err"] < 0.9 * before["y_rel_err"], (before, after)
+    assert after["a_rel_err"] < before["a_rel_err"], (before, after)
     assert (full / "model.eqx").is_file() and (full / "env.json").is_file()
     for f in ("learning_curve.png", "before_after.png", "config.yaml", "metrics.jsonl", "before.json"):
         assert (full / f).is_file(), f
