@@ -55,10 +55,6 @@ def option(default: Any = dataclasses.MISSING, *, help: str = "", ge=None, gt=No
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _fmt(v) -> str:
-    return repr(v)
-
-
 def _bounds_text(m) -> str:
     parts = []
     for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -132,10 +128,6 @@ class Schema:
 
     def __post_init__(self):
         check(self)
-
-
-def _schema_fields(cls) -> dict:
-    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def to_config(schema: type, cfg) -> Any:

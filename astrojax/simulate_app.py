@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from ._io import load_inputs
 from ._config import ConfigError, MethodKeys, ParamsConfig, Schema, method_from_config, option, path_or_null, run_in_hydra_dir, to_config
