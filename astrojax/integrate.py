@@ -551,7 +551,7 @@ def _causal_reads(P, ep: _Episode, C: int):
         mu_t = muc[1::2]  # scale in force at each read
         mu_e = muc[-1]
         Vc = _cum(jnp.add, val, jnp.zeros((), dtype))
-        lag = Vc[1::2][:, None] - 1.0 * Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
+        lag = Vc[1::2][:, None] - Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
         G = jnp.concatenate([Fq, h0r]) @ jnp.concatenate([Fk, h0w]).T  # (2C, 2C)
         GFF, GF0, G0F, G00 = G[:C, :C], G[:C, C:], G[C:, :C], G[C:, C:]
         base = jnp.minimum(sk[None, :] - mu_t[:, None], 0.0)
@@ -661,11 +661,15 @@ def _window_starts(P, ep: _Episode, n_sub):
     return starts
 
 
+def _window_of(ts, J, xp=jnp):
+    """Window index and offset of each sample time (a time on a window edge belongs to
+    the window that ends there); ``xp`` is ``jnp`` (traced times) or ``np`` (concrete)."""
+    j = xp.clip(xp.ceil(ts).astype(xp.int32) - 1, 0, J - 1)
+    return j, ts - j
+
+
 def _samples(P, ep, starts, ts, fn, n_sub):
-    J = ep.F.shape[0]
-    ts = jnp.asarray(ts, ep.F.dtype)
-    j = jnp.clip(jnp.ceil(ts).astype(jnp.int32) - 1, 0, J - 1)
-    s = ts - j
+    j, s = _window_of(jnp.asarray(ts, ep.F.dtype), ep.F.shape[0])
     fn = fn or (lambda x: x)
 
     def one(j, s):
@@ -723,10 +727,9 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
     # sample times: a static number of samples per segment (ts must be concrete)
     if saveat.ts is not None:
         ts_np = np.asarray(saveat.ts, np.float64)
-        wj = np.clip(np.ceil(ts_np).astype(int) - 1, 0, J - 1)
-        off = ts_np - wj
+        wj, off = _window_of(ts_np, J, np)
         seg = np.where((nseg == 2) & (off <= d), 0, nseg - 1)
-        K = max(1, max(np.bincount(wj * nseg + seg, minlength=J * nseg).max(), 1))
+        K = max(1, int(np.bincount(wj * nseg + seg, minlength=J * nseg).max()))
         grid = np.ones((J, nseg, K)) * np.array(edges[1:])[None, :, None]
         slot = np.zeros(len(ts_np), int)
         counters = {}
@@ -805,12 +808,8 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
     ys = None
     if saveat.ts is not None:
         samples = extra.pop(0)  # list over segments of pytrees (J, K, ...)
-        seg_j = jnp.asarray(wj)
-        parts = []
-        for i in range(nseg):
-            parts.append(samples[i])
-        stacked = jax.tree.map(lambda *z: jnp.stack(z, axis=1), *parts)  # (J, nseg, K, ...)
-        ys = jax.tree.map(lambda x: x[seg_j, jnp.asarray(seg), jnp.asarray(slot)], stacked)
+        stacked = jax.tree.map(lambda *z: jnp.stack(z, axis=1), *samples)  # (J, nseg, K, ...)
+        ys = jax.tree.map(lambda x: x[jnp.asarray(wj), jnp.asarray(seg), jnp.asarray(slot)], stacked)
     return y_all, a_all, resid, ys, trace, {"num_steps": nsteps, "gain": g_used}, ok
 
 
