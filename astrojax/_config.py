@@ -418,12 +418,13 @@ def remove_skeleton(out_dir) -> bool:
     return True
 
 
-def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
+def run_in_hydra_dir(command: str, run, cfg, failures=(), input_errors=()) -> None:
     """Body of a Hydra task: ``run(cfg, out_dir)`` in Hydra's run directory; a
-    :class:`ConfigError` exits with status 2 and its message, and each ``(exception type,
-    label)`` in ``failures`` exits with status 1 and ``label: message`` (one line each). A
-    run directory this command created that still holds nothing but what Hydra put there
-    is removed (:func:`remove_skeleton`)."""
+    :class:`ConfigError` exits with status 2 and its message, each ``(exception type,
+    label)`` in ``input_errors`` (bad input files) exits with status 2 and ``label:
+    message``, and each in ``failures`` with status 1 and ``label: message`` (one line
+    each). A run directory this command created that still holds nothing but what Hydra
+    put there is removed (:func:`remove_skeleton`)."""
     import sys
 
     from hydra.core.hydra_config import HydraConfig
@@ -434,6 +435,11 @@ def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
     except ConfigError as e:
         remove_skeleton(out_dir)
         print(f"astrojax {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except tuple(t for t, _ in input_errors) as e:
+        remove_skeleton(out_dir)
+        label = next(lab for t, lab in input_errors if isinstance(e, t))
+        print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
         sys.exit(2)
     except tuple(t for t, _ in failures) as e:
         remove_skeleton(out_dir)  # failed before writing anything: leave nothing behind

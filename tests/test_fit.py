@@ -416,7 +416,8 @@ def test_cli_record_then_bad_fit(tmp_path):
     res = run_cli(["fit", "recording=broken.npz", "hydra.run.dir=frun"], tmp_path)
     assert res.returncode == 2  # bad input, like a bad config value
     assert "bad recording" in res.stderr and "key `window`: missing" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "frun").exists()  # a refused input leaves no run directory behind
 
 
 @pytest.mark.slow  # ~1 min: a fresh process compiles the float32 LM batch

@@ -17,7 +17,6 @@ import io
 import math
 import os
 import re
-import sys
 import time
 import warnings
 
@@ -356,29 +355,12 @@ def _report(res, wall) -> str:
     return "\n".join(lines)
 
 
-def _input_errors_exit_2(command: str, run, failures):
-    """``run`` with each ``(exception type, label)`` of ``failures`` -- bad input files
-    and arguments -- reported as one line ``astrojax <command>: <label>: <message>`` and
-    exit status 2, like a config error."""
-
-    def guarded(cfg, out_dir):
-        try:
-            return run(cfg, out_dir)
-        except tuple(t for t, _ in failures) as e:
-            label = next(lab for t, lab in failures if isinstance(e, t))
-            print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return guarded
-
-
 def fit_job(cfg) -> None:
     """Hydra task of ``astrojax fit``."""
     from .fit import FitError
     from .recording import RecordingError
 
-    run_in_hydra_dir("fit", _input_errors_exit_2("fit", run_fit, ((RecordingError, "bad recording"),
-                                                                  (FitError, "error"))), cfg)
+    run_in_hydra_dir("fit", run_fit, cfg, input_errors=((RecordingError, "bad recording"), (FitError, "error")))
 
 
 # --------------------------------------------------------------------------- record
@@ -455,5 +437,5 @@ def record_job(cfg) -> None:
     """Hydra task of ``astrojax record``."""
     from .recording import RecordingError
 
-    run_in_hydra_dir("record", _input_errors_exit_2("record", run_record, ((RecordingError, "bad recording"),)), cfg,
-                     failures=((ValueError, "error"),))
+    run_in_hydra_dir("record", run_record, cfg, failures=((ValueError, "error"),),
+                     input_errors=((RecordingError, "bad recording"),))
