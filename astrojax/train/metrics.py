@@ -102,10 +102,13 @@ def first_step_s(history) -> float | None:
     return next((r["first_step_s"] for r in history if "first_step_s" in r), None)
 
 
-def final_metrics(c, teacher_name, method_desc, before, after, records, student, t_data, t0, first_step) -> dict:
-    """The run's ``metrics.json`` content (``c``: the run's TrainConfig)."""
+def final_metrics(c, teacher_name, method_desc, before, after, records, student, t_data, t0, first_step,
+                  teacher_provenance: dict | None = None) -> dict:
+    """The run's ``metrics.json`` content (``c``: the run's TrainConfig;
+    ``teacher_provenance``: :func:`~astrojax.train.build.teacher_provenance`)."""
     return {
-        "name": c.name, "scope": c.scope, "teacher": teacher_name, "m": c.m, "method": method_desc,
+        "name": c.name, "scope": c.scope, "teacher": teacher_name, "teacher_provenance": teacher_provenance,
+        "m": c.m, "method": method_desc,
         "steps": c.steps, "before": before, "after": after,
         "final_loss": records[-1]["loss"] if records else None,
         "parameters": parameter_summary(student),
