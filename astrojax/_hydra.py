@@ -286,8 +286,6 @@ class HydraCommand:
                     raise ConfigError(f"{config_error(e)} {where}") from None
 
     def _check(self, cfg, run_dir) -> None:
-        from omegaconf import OmegaConf
-
         from ._config import to_config
 
         schema = self._schema()
