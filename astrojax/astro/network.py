@@ -50,8 +50,8 @@ it is solved by ``jax.vmap`` of one Diffrax solve per process (default ``Kvaerno
 implicit ESDIRK method: its Newton solves use 2x2 Jacobians -- the structure of the
 network, never a dense Jacobian of the whole state). The output's shunting equation is
 linear in ``y`` for a given ``a(t)`` and is advanced by exact exponential steps on a mesh of
-``n_mesh`` sub-intervals per read window, graded quadratically toward the window start
-(where ``h`` changes on ``tau_h``), with ``a`` and the drive at the sub-interval midpoints.
+``n_mesh`` sub-intervals per read window, graded toward both ends (Chebyshev points: ``h``
+changes on ``tau_h`` after the start, the read-out is taken at the end), with ``a`` and the drive at the sub-interval midpoints.
 jit, vmap and grad apply (reverse mode through Diffrax's checkpointed adjoint).
 """
 
@@ -63,6 +63,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 
 from .._validate import check_int, check_positive, fourth_root_scale
 from .fit_imaging import rest_state
@@ -159,8 +160,9 @@ def _kern(s, tau, tau_h):
 
 
 def _mesh(n, dtype):
-    """Sub-interval edges (fractions of a window) graded quadratically toward the start."""
-    return (jnp.arange(n + 1, dtype=dtype) / n) ** 2
+    """Sub-interval edges (fractions of a window), graded toward both ends (Chebyshev points):
+    fine at the start, where ``h`` changes on ``tau_h``, and at the end, where the read-out is taken."""
+    return 0.5 * (1.0 - jnp.cos(jnp.pi * jnp.arange(n + 1, dtype=dtype) / n))
 
 
 def solve_li_rinzel_head(params: LiRinzelHeadParams, log_phi_k, log_phi_q, v, method: LiRinzelMethod = LiRinzelMethod(),
@@ -233,7 +235,12 @@ def solve_li_rinzel_head(params: LiRinzelHeadParams, log_phi_k, log_phi_q, v, me
         else:
             ctrl = dfx.ConstantStepSize()
             dt0 = L / method.steps_per_window
-        sol = dfx.diffeqsolve(dfx.ODETerm(vf), method.solver, jnp.asarray(0.0, dtype), t_end, dt0, (ca_rest, h_rest),
+        solver = method.solver
+        if not method.adaptive and hasattr(solver, "root_finder"):
+            # constant steps: the implicit solver's Newton iteration needs its own tolerances
+            solver = eqx.tree_at(lambda s: s.root_finder, solver,
+                                 dfx.VeryChord(rtol=method.rtol, atol=method.atol, norm=optx.max_norm))
+        sol = dfx.diffeqsolve(dfx.ODETerm(vf), solver, jnp.asarray(0.0, dtype), t_end, dt0, (ca_rest, h_rest),
                               saveat=dfx.SaveAt(ts=save_sorted), stepsize_controller=ctrl, max_steps=method.max_steps,
                               throw=False)
         ca, hr = sol.ys
