@@ -176,3 +176,43 @@ def test_cli_bad_value_is_one_line_exit_2_and_writes_nothing(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert lines == ["astrojax record: error: config key `li_rinzel.traces`: expected an integer >= 1, got 0"]
     assert not run_dir.exists()
+
+
+# ------------------------------------------------------------------ astrojax simulate astrocyte=li_rinzel
+
+
+def test_simulate_li_rinzel_in_the_linear_regime_matches_closed_form_attention(tmp_path):
+    """The simulate job in the regime of docs/li_rinzel.md (weak drive, no IP3 decay, long
+    windows): the read-out matches random-feature attention computed in closed form, and the
+    run directory holds the metrics, the traces and the figure."""
+    from astrojax._hydra import compose
+    from astrojax.simulate_app import check_simulate_files, run_simulate
+
+    c = compose("simulate", ["astrocyte=li_rinzel", "T=4", "D=8", "Dv=3", "m=16", "x64=true", "seed=2",
+                             "input_scale=0.8", "li_rinzel.window=60000", "li_rinzel.nu=2.5e-5",
+                             "li_rinzel.astro.tau_IP3=1e9", "li_rinzel.n_mesh=8"])
+    check_simulate_files(c)
+    metrics = run_simulate(c, str(tmp_path))
+    assert metrics["solver_ok"] and metrics["finite"]
+    assert metrics["y_rel_error_token_max"] < 0.02, metrics
+    assert metrics["a_rel_error"] < 0.02, metrics
+    z = np.load(tmp_path / "trace.npz", allow_pickle=False)
+    assert z["Ca_astro"].shape == (320, 16) and z["IP3"].min() >= 0.16 - 1e-12
+    assert (tmp_path / "episode.png").stat().st_size > 10_000
+    assert json.load(open(tmp_path / "metrics.json"))["astrocyte"] == "li_rinzel"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["protocol=causal"], "protocol"),
+    (["feature_map=cosine"], "feature_map"),
+    (["li_rinzel.window=0"], "li_rinzel.window"),
+    (["li_rinzel.astro.tau_IP3=-5"], "li_rinzel.astro.tau_IP3"),
+    (["li_rinzel.solver=euler"], "li_rinzel.solver"),
+])
+def test_simulate_li_rinzel_config_errors_name_the_key(overrides, key):
+    from astrojax._config import ConfigError
+    from astrojax._hydra import compose
+    from astrojax.simulate_app import check_simulate_files
+
+    with pytest.raises(ConfigError, match=rf"^config key `{key}`:"):
+        check_simulate_files(compose("simulate", ["astrocyte=li_rinzel", *overrides]))
