@@ -106,9 +106,12 @@ def run_simulate(cfg, out_dir: str) -> dict:
     """
     c = to_config(SimulateConfig, cfg)
     if c.astrocyte == "li_rinzel":
-        from .astro.simulate import run_li_rinzel_simulate
+        from .astro.simulate import LiRinzelSimulationError, run_li_rinzel_simulate
 
-        return run_li_rinzel_simulate(c, out_dir)
+        try:
+            return run_li_rinzel_simulate(c, out_dir)
+        except LiRinzelSimulationError as e:
+            raise SimulationError(str(e)) from None
 
     import jax
 

@@ -342,7 +342,7 @@ def run_fit(c: dict, out_dir: str):
         except Exception:  # noqa: BLE001 - only decorates the message
             pass
         raise ConfigError(f"config key `recording`: {e}{hint}") from None
-    rec = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if eqx_is_float(x) else x, rec)
+    rec = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if _is_float(x) else x, rec)
     free = _free_names(s["free"])
     init = LiRinzelParams(dtype=jnp.float64).replace(**{k: float(v) for k, v in s["init"].items()})
     os.makedirs(out_dir, exist_ok=True)
@@ -407,7 +407,7 @@ def run_fit(c: dict, out_dir: str):
     return fit
 
 
-def eqx_is_float(x) -> bool:
+def _is_float(x) -> bool:
     import equinox as eqx
     import jax.numpy as jnp
 

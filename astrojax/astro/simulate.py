@@ -19,7 +19,12 @@ import time
 
 from .._config import ConfigError, option
 
-__all__ = ["LiRinzelSimConfig", "LiRinzelAstroConfig", "check_li_rinzel_simulate", "run_li_rinzel_simulate"]
+__all__ = ["LiRinzelSimConfig", "LiRinzelAstroConfig", "LiRinzelSimulationError", "check_li_rinzel_simulate",
+           "run_li_rinzel_simulate"]
+
+
+class LiRinzelSimulationError(RuntimeError):
+    """The calcium solve of the head failed (the simulate job reports it as a failed simulation)."""
 
 
 @dataclasses.dataclass
@@ -184,9 +189,7 @@ def run_li_rinzel_simulate(c, out_dir: str) -> dict:
           f"solver {'ok' if sol.ok else 'FAILED'} ({int(sol.num_steps)} steps)\n"
           f"wrote {', '.join(os.path.relpath(p) for p in written)}")
     if not bool(sol.ok):
-        from ..simulate_app import SimulationError
-
-        raise SimulationError(f"the calcium solve failed (max_steps={s.max_steps} per process; try "
+        raise LiRinzelSimulationError(f"the calcium solve failed (max_steps={s.max_steps} per process; try "
                               "li_rinzel.max_steps=... or looser li_rinzel.rtol/atol)")
     return metrics
 
