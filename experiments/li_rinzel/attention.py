@@ -154,7 +154,8 @@ def train(args):
         P = eqx.tree_at(lambda p: [getattr(p, n) for n in RATE_TRAIN], P, [jnp.exp(st["log"][n]) for n in RATE_TRAIN])
         return simulate_head(st["fmap"], P, q, k, v, protocol, FastPath())
 
-    P_lr0 = LiRinzelHeadParams(nu=args.nu0, window=args.window, dtype=jnp.float64)
+    P_lr0 = LiRinzelHeadParams(astro=LiRinzelParams(tau_IP3=args.tau_ip3_0, dtype=jnp.float64), nu=args.nu0,
+                               window=args.window, dtype=jnp.float64)
 
     def lr_init(key):
         return dict(fmap=learned_feature_map(key, m, D, "learned", dtype=jnp.float64),
@@ -205,6 +206,8 @@ def train(args):
     students = {}
     for name, init, forward, steps in (("rate", rate_init, rate_forward, args.steps_rate),
                                        ("li_rinzel", lr_init, lr_forward, args.steps_lr)):
+        if name not in args.students.split(","):
+            continue
         loss = loss_fn(forward)
 
         @eqx.filter_jit
@@ -254,7 +257,7 @@ def train(args):
                  train_chunks=int(train_ids.shape[0]), heldout_windows=int(held_ids.shape[0]),
                  heldout_tokens=int(held_ids.size), corpus="pydoc", batch=args.batch, lr=args.lr,
                  loss=f"readout_error + {args.w_log_a} * normaliser_log_error", steps_rate=args.steps_rate,
-                 steps_li_rinzel=args.steps_lr, window_ms=args.window, nu0=args.nu0,
+                 steps_li_rinzel=args.steps_lr, window_ms=args.window, nu0=args.nu0, tau_IP3_0=args.tau_ip3_0,
                  li_rinzel_solver=f"Kvaerno5, {args.steps_per_window} constant steps per window, n_mesh {args.n_mesh}",
                  dtype="float64")
     return dict(setup=setup, heads=results)
@@ -281,9 +284,13 @@ def write(out, path_base):
                   "|---|---|---|---|---|---|---|"]
         for h in out["training"]["heads"]:
             for name in ("rate", "li_rinzel"):
+                if name not in h:
+                    continue
                 b, a = h[name]["before"], h[name]["after"]
                 lines.append(f"| L{h['layer']}H{h['head']} | {name} | {b['r_aZ']:.3f} | {a['r_aZ']:.3f} | "
                              f"{a['a_rel_err']:.3f} | {b['y_rel_err']:.3f} | {a['y_rel_err']:.3f} |")
+            if "li_rinzel" not in h:
+                continue
             f = h["li_rinzel"]["rfa_of_trained_features"]
             lines.append(f"| L{h['layer']}H{h['head']} | RFA of the Li-Rinzel student's features | | {f['r_aZ']:.3f} | "
                          f"{f['a_rel_err']:.3f} | | {f['y_rel_err']:.3f} |")
@@ -308,6 +315,8 @@ def main(argv=None):
     ap.add_argument("--steps-lr", type=int, default=200)
     ap.add_argument("--window", type=float, default=1000.0, help="token window of the Li-Rinzel head (ms)")
     ap.add_argument("--nu0", type=float, default=0.002, help="initial IP3 drive")
+    ap.add_argument("--tau-ip3-0", type=float, default=7142.0, help="initial tau_IP3 of the Li-Rinzel student (ms)")
+    ap.add_argument("--students", default="rate,li_rinzel", help="comma-separated: rate, li_rinzel")
     ap.add_argument("--steps-per-window", type=int, default=8)
     ap.add_argument("--n-mesh", type=int, default=8)
     ap.add_argument("--tag", default="")
