@@ -27,7 +27,8 @@ from omegaconf import MISSING
 
 from .._config import ConfigError, ParamsConfig, Schema, option, path_or_null, run_in_hydra_dir, to_config, to_dict
 
-__all__ = ["FitConfig", "RecordConfig", "run_fit", "run_record", "fit_job", "record_job", "check_record_files"]
+__all__ = ["FitConfig", "RecordConfig", "run_fit", "run_record", "fit_job", "record_job", "check_record_files",
+           "validate_fit_config", "validate_record_config"]
 
 
 def _observables():
@@ -105,6 +106,9 @@ class FitConfig(Schema):
     """``astrojax fit recording=PATH``: fit the model's biophysical parameters to a recording
     (time constants in windows)."""
 
+    astrocyte: str = option("rate", choices=("rate", "li_rinzel"),
+                            help="rate (the attention model) | li_rinzel (calcium imaging: the li_rinzel.* keys)")
+    li_rinzel: Dict[str, Any] = option(factory=dict, help="settings of astrocyte=li_rinzel (conf/li_rinzel/fit.yaml)")
     recording: str = option(MISSING, check=path_or_null,
                             help=".npz recording, or a single-trace .csv (header t,<x>) with `stimulus`")
     stimulus: Optional[str] = option(None, check=path_or_null, help=".npz with the stimulus keys (for a .csv)")
@@ -138,6 +142,10 @@ class FitConfig(Schema):
     def validate(self, key):
         from ..dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
 
+        if self.astrocyte == "li_rinzel":  # its own section, checked by its module
+            from ..astro.app import validate_fit
+
+            return validate_fit(to_dict(self))
         extra = _extra_names()
         names = _fit_names()
         for n, v in self.params.items():
@@ -189,6 +197,9 @@ class RecordConfig(Schema):
     """``astrojax record [out=PATH]``: a synthetic recording (the ``astrojax fit`` input
     format) from known parameters (time constants in windows)."""
 
+    astrocyte: str = option("rate", choices=("rate", "li_rinzel"),
+                            help="rate (the attention model) | li_rinzel (calcium imaging: the li_rinzel.* keys)")
+    li_rinzel: Dict[str, Any] = option(factory=dict, help="settings of astrocyte=li_rinzel (conf/li_rinzel/record.yaml)")
     out: Optional[str] = option(None, check=_npz_path, help=".npz path to write (null: recording.npz in the run dir)")
     seed: int = option(0, ge=0, help="inputs, weights, noise and missing samples")
     T: int = option(4, ge=1, help="tokens (2T windows)")
@@ -215,12 +226,27 @@ class RecordConfig(Schema):
     plot: bool = option(True, help="recording.png")
 
     def validate(self, key):
+        if self.astrocyte == "li_rinzel":  # its own section, checked by its module
+            from ..astro.app import validate_record
+
+            return validate_record(to_dict(self))
         if self.csv is not None:
             mt = re.fullmatch(r"(a|p|h|y)(?:_(\d+))?", str(self.csv))
             if not mt or mt.group(1) not in self.observe:
                 raise ConfigError(f"config key `{key('csv')}`: expected null or the name of one observed trace (a, p, "
                                   f"h, y if Dv=1, or p_<i>, h_<i>, y_<i>) of observe={list(self.observe)}, got "
                                   f"{self.csv!r}")
+
+
+def validate_fit_config(c) -> FitConfig:
+    """A composed ``fit`` config (dict or DictConfig) as a checked :class:`FitConfig`;
+    :class:`ConfigError` naming the key otherwise."""
+    return to_config(FitConfig, c)
+
+
+def validate_record_config(c) -> RecordConfig:
+    """A composed ``record`` config as a checked :class:`RecordConfig` (see :func:`validate_fit_config`)."""
+    return to_config(RecordConfig, c)
 
 
 def check_record_files(c: RecordConfig, run_dir=None) -> None:
@@ -269,6 +295,10 @@ def run_fit(cfg, out_dir: str):
     ``fit_<x>.png``, ``history.png`` and ``config.yaml`` to ``out_dir``. Returns the
     :class:`~astrojax.fit.FitResult`."""
     c = to_dict(to_config(FitConfig, cfg))
+    if c["astrocyte"] == "li_rinzel":
+        from ..astro.app import run_fit as run_li_rinzel_fit
+
+        return run_li_rinzel_fit(c, out_dir)
     import jax
 
     if c["x64"]:
@@ -282,7 +312,15 @@ def run_fit(cfg, out_dir: str):
     from .recording import load_recording
 
     dtype = jnp.float64 if c["x64"] else jnp.float32
-    rec = load_recording(_abs(c["recording"]), _abs(c["stimulus"]) if c["stimulus"] else None)
+    from .recording import RecordingError
+
+    try:
+        rec = load_recording(_abs(c["recording"]), _abs(c["stimulus"]) if c["stimulus"] else None)
+    except RecordingError as e:
+        if "key `format`" in str(e):  # the Li-Rinzel imaging format (astrojax.astro.save_recording)
+            raise RecordingError(f"{e} (a calcium-imaging recording of the Li-Rinzel astrocyte? use "
+                                 "astrocyte=li_rinzel)") from None
+        raise
     d_rtol, d_atol = (1e-8, 1e-10) if c["x64"] else (1e-5, 1e-7)
     settings = ODESettings(rtol=c["rtol"] or d_rtol, atol=c["atol"] or d_atol, max_steps=c["max_steps"],
                            jacobian=c["jacobian"])
@@ -369,6 +407,10 @@ def fit_job(cfg) -> None:
 def run_record(cfg, out_dir: str):
     """The synthetic-recording job without Hydra; returns the written .npz path."""
     c = to_dict(to_config(RecordConfig, cfg))
+    if c["astrocyte"] == "li_rinzel":
+        from ..astro.app import run_record as run_li_rinzel_record
+
+        return run_li_rinzel_record(c, out_dir)
     import jax
 
     if c["x64"]:
