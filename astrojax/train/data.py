@@ -10,7 +10,9 @@
     as test data (``pip install 'astrojax[prose]'``; gensim is not imported, only its
     data files are read).
 
-  Texts are cut into fixed-length token windows (static shapes: one compile).
+  Texts are cut into fixed-length token windows (static shapes: one compile), or, with
+  ``window_lengths`` (:func:`training_windows`), into windows of random length padded to
+  a few static bucket sizes with a key mask (one compile per bucket).
 - Held-out text, never used for training: ``astrojax/data/heldout.txt`` (a 102-token
   paragraph), ``astrojax/data/heldout_sentences.txt`` (30 short everyday sentences) and
   ``astrojax/data/prose_*.txt`` (:func:`heldout_prose`: nine pieces of 26-495 tokens of
@@ -32,7 +34,8 @@ from ..teachers._bert import TextTokenizer
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the package's text files
 
 __all__ = ["CORPORA", "training_texts", "training_chunks", "training_sentences", "split_sentences", "heldout_text",
-           "heldout_sentences", "heldout_prose", "word_ngrams", "training_overlap", "pad_batch"]
+           "heldout_sentences", "heldout_prose", "word_ngrams", "training_overlap", "pad_batch",
+           "window_lengths", "bucket_windows", "training_windows", "bucket_of_step"]
 
 
 from .._corpus import CORPORA, CorpusError, _gensim_data, _news_texts, _pydoc_texts, _review_texts, training_texts  # noqa: E402,F401
@@ -138,3 +141,69 @@ def pad_batch(seqs: list[np.ndarray], length: int, pad_id: int = 0):
         ids[i, : len(s)] = s
         mask[i, : len(s)] = True
     return ids, mask
+
+
+def window_lengths(num: int, max_len: int, seed: int = 0, min_len: int = 3) -> np.ndarray:
+    """``(num,)`` window lengths drawn uniformly from ``min_len .. max_len`` (inclusive) by
+    ``seed`` (a generator of its own: the window subset drawn from ``seed`` is unchanged).
+    Position ``p`` is inside a window with probability ``(max_len - p + 1) / (max_len -
+    min_len + 1)`` for ``p >= min_len`` (1 below), so every position up to ``max_len`` is
+    trained on."""
+    if not 3 <= min_len <= max_len:
+        raise ValueError(f"window lengths: expected 3 <= min_len <= max_len, got {min_len}, {max_len}")
+    rng = np.random.default_rng([seed, 0x57A7])
+    return rng.integers(min_len, max_len + 1, num)
+
+
+def bucket_windows(chunks: np.ndarray, lengths: np.ndarray, buckets, sep_id: int, pad_id: int = 0):
+    """Cut every ``max(buckets)``-token window ``chunks[i]`` (``[CLS] ... [SEP]``) to
+    ``lengths[i]`` tokens (``[CLS]``, the first ``lengths[i] - 2`` body tokens, ``[SEP]``)
+    and pad it to the smallest bucket size ``>= lengths[i]``. Returns one ``(ids, mask,
+    rows)`` per bucket (``rows``: the indices into ``chunks``; a bucket may be empty):
+    static shapes, one per bucket, and ``mask`` False on the padding."""
+    buckets = tuple(int(b) for b in buckets)
+    if list(buckets) != sorted(set(buckets)) or buckets[0] < 3:
+        raise ValueError(f"bucket sizes must be increasing integers >= 3, got {buckets}")
+    if chunks.shape[1] != buckets[-1]:
+        raise ValueError(f"windows have {chunks.shape[1]} tokens, expected the largest bucket {buckets[-1]}")
+    lengths = np.asarray(lengths)
+    if lengths.min() < 3 or lengths.max() > buckets[-1]:
+        raise ValueError(f"window lengths must be in [3, {buckets[-1]}]")
+    which = np.searchsorted(np.asarray(buckets), lengths)  # the smallest bucket >= length
+    out = []
+    for b, size in enumerate(buckets):
+        rows = np.flatnonzero(which == b)
+        ids = np.full((len(rows), size), pad_id, np.int32)
+        mask = np.zeros((len(rows), size), bool)
+        for j, r in enumerate(rows):
+            L = int(lengths[r])
+            ids[j, : L - 1] = chunks[r, : L - 1]
+            ids[j, L - 1] = sep_id
+            mask[j, :L] = True
+        out.append((ids, mask, rows))
+    return out
+
+
+def training_windows(tokenizer: TextTokenizer, buckets, num_chunks: int, seed: int = 0, corrupt: float = 0.0,
+                     corpus: str = "pydoc"):
+    """Training windows of random length (:func:`window_lengths`, uniform in ``3 ..
+    max(buckets)``): the windows of :func:`training_chunks` at ``max(buckets)`` tokens
+    (same subset and corruption), each cut to its length and padded to its bucket
+    (:func:`bucket_windows`). Returns ``[(ids, mask), ...]``, one per bucket."""
+    chunks = training_chunks(tokenizer, int(max(buckets)), num_chunks, seed, corrupt, corpus)
+    lengths = window_lengths(len(chunks), int(max(buckets)), seed)
+    sep_id = int(chunks[0, -1])
+    return [(ids, mask) for ids, mask, _ in bucket_windows(chunks, lengths, sorted(buckets), sep_id,
+                                                             tokenizer.pad_id)]
+
+
+def bucket_of_step(counts, step: int, seed: int = 0) -> int:
+    """The bucket a training step draws its batch from: bucket ``b`` with probability
+    ``counts[b] / sum(counts)`` (so every window is equally likely), a function of
+    ``(seed, step)`` only -- a resumed run draws the buckets an uninterrupted one draws.
+    Computed on the host (the bucket fixes the step's static shapes)."""
+    p = np.asarray(counts, float)
+    if p.sum() <= 0:
+        raise ValueError("every bucket is empty")
+    u = np.random.default_rng([seed, 0xB0C7, step]).random()
+    return int(min(np.searchsorted(np.cumsum(p) / p.sum(), u, side="right"), len(p) - 1))

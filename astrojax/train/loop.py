@@ -25,7 +25,11 @@ chosen by ``vectorize`` (auto: map on CPU, vmap elsewhere). With data parallelis
 gradients are averaged over the ``data`` axis before the (replicated) update.
 
 The checkpointed state is ``(trainable arrays, optimiser state, data keys)``, all with the
-member axis; the step is the checkpoint's step.
+member axis; the step is the checkpoint's step. A task with bucketed data (random-length
+windows: ``task.bucket_counts``, ``task.data`` one tuple per bucket) draws each step's
+bucket on the host from ``(data seed, step)``
+(:func:`~astrojax.train.data.bucket_of_step`) and its batch from that bucket as above;
+one step is compiled per bucket, and resuming needs nothing more than the step.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from .config import OptimConfig
 from .metrics import parameter_summary
 from .students import constrain, unconstrain
 
-__all__ = ["OptimConfig", "LoopConfig", "Member", "make_optimizer", "train", "train_members", "parameter_summary"]
+__all__ = ["OptimConfig", "LoopConfig", "Member", "make_optimizer", "train", "train_members", "parameter_summary",
+           "batch_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +133,12 @@ def _split_members(trees):
             stacked.append(_stack(leaves))
             shared.append(None)
     return jax.tree.unflatten(treedef, stacked), jax.tree.unflatten(treedef, shared)
+
+
+def batch_indices(k_data, step, N: int, B: int):
+    """The ``B`` example indices (of ``N``) a training step draws: from ``fold_in(k_data,
+    step)``, with replacement only if ``N < B``."""
+    return jax.random.choice(jax.random.fold_in(k_data, step), N, (B,), replace=N < B)
 
 
 def train(task, loop: LoopConfig, optim: OptimConfig, *, checkpointer=None, metrics_log=None,
@@ -249,13 +260,16 @@ def train_members(task, loop: LoopConfig, members: list[Member], *, checkpointer
     params, opt_state, k_data = state
 
     # ------------------------------------------------------------ the step
-    N, B = task.num_examples, loop.batch_size
+    B = loop.batch_size
     n_dev = 1 if dp is None else dp.n
     if B % n_dev:
         raise ValueError(f"batch_size={B} does not split evenly over {n_dev} devices")
+    # bucketed data (random-length windows): one data tuple and one compiled step per bucket
+    counts = getattr(task, "bucket_counts", None)
+    data_seed = getattr(getattr(task, "cfg", None), "data_seed", 0)
 
-    def member_step(params, opt_state, k_data, frozen_k, hyper, frozen_shared, step, data):
-        idx = jax.random.choice(jax.random.fold_in(k_data, step), N, (B,), replace=N < B)
+    def member_step(params, opt_state, k_data, frozen_k, hyper, frozen_shared, step, data, N):
+        idx = batch_indices(k_data, step, N, B)
         if n_dev > 1:  # every device draws the whole batch as one device would, then keeps its slice
             from .parallel import DATA_AXIS
 
@@ -280,18 +294,31 @@ def train_members(task, loop: LoopConfig, members: list[Member], *, checkpointer
         params = eqx.apply_updates(params, updates)
         return params, opt_state, loss, terms, optax.tree.norm(grads)
 
-    def step_all(params, opt_state, k_data, frozen_k, hyper, frozen_shared, step, data):
-        per_member = (params, opt_state, k_data, frozen_k, hyper)
-        if K == 1:  # the plain single-run step on the one member
-            one = jax.tree.map(lambda x: x[0], per_member)
-            out = member_step(*one, frozen_shared, step, data)
-            return jax.tree.map(lambda x: x[None], out)
-        if vectorize == "vmap":
-            return jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None, None, None))(
-                *per_member, frozen_shared, step, data)
-        return jax.lax.map(lambda xs: member_step(*xs, frozen_shared, step, data), per_member)
+    def make_step_all(N):
+        member = lambda *a: member_step(*a, N)  # noqa: E731
 
-    step_fn = eqx.filter_jit(step_all if dp is None else dp.shard(step_all, num_args=8))
+        def step_all(params, opt_state, k_data, frozen_k, hyper, frozen_shared, step, data):
+            per_member = (params, opt_state, k_data, frozen_k, hyper)
+            if K == 1:  # the plain single-run step on the one member
+                one = jax.tree.map(lambda x: x[0], per_member)
+                out = member(*one, frozen_shared, step, data)
+                return jax.tree.map(lambda x: x[None], out)
+            if vectorize == "vmap":
+                return jax.vmap(member, in_axes=(0, 0, 0, 0, 0, None, None, None))(
+                    *per_member, frozen_shared, step, data)
+            return jax.lax.map(lambda xs: member(*xs, frozen_shared, step, data), per_member)
+
+        return eqx.filter_jit(step_all if dp is None else dp.shard(step_all, num_args=8))
+
+    if counts is None:
+        one_fn = make_step_all(task.num_examples)
+        step_data = lambda step: (one_fn, data)  # noqa: E731
+    else:
+        from .data import bucket_of_step
+
+        fns = [make_step_all(n) for n in counts]
+        step_data = lambda step: (fns[bucket_of_step(counts, step, data_seed)],  # noqa: E731
+                                  data[bucket_of_step(counts, step, data_seed)])
     step_dtype = jnp.asarray(0).dtype
     as_step = (lambda s: jnp.asarray(s, step_dtype)) if dp is None else (
         lambda s: dp.replicate(np.asarray(s, step_dtype)))
@@ -311,8 +338,9 @@ def train_members(task, loop: LoopConfig, members: list[Member], *, checkpointer
             t0 = time.perf_counter()
             if compile_s is None and loop.progress:
                 bar.set_postfix_str("compiling the step")
+            step_fn, step_batch_data = step_data(step)
             params, opt_state, loss, terms, gnorm = step_fn(params, opt_state, k_data, frozen_k, hyper,
-                                                            frozen_shared, as_step(step), data)
+                                                            frozen_shared, as_step(step), step_batch_data)
             if compile_s is None:
                 jax.block_until_ready(loss)
                 compile_s = time.perf_counter() - t0

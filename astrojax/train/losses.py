@@ -69,5 +69,5 @@ def logits_kl(logits, logits_ref):
 def _masked_mean(x, mask):
     if mask is None:
         return jnp.mean(x)
-    mask = jnp.asarray(mask, x.dtype)
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = jnp.asarray(mask, bool)
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask, dtype=x.dtype), 1.0)

@@ -110,12 +110,14 @@ class HeadStudents(eqx.Module):
     def num_heads(self) -> int:
         return self.params.tau_h.shape[0]
 
-    def __call__(self, q, k, v):
+    def __call__(self, q, k, v, key_mask=None):
+        """``key_mask`` ``(T,)`` (shared by the heads): keys where False are skipped."""
         def one(fmap, P, q, k, v):
-            return simulate_head(fmap, P, q, k, v, self.protocol, self.method)
+            return simulate_head(fmap, P, q, k, v, self.protocol, self.method, key_mask)
 
         return eqx.filter_vmap(one)(self.features, self.params, q, k, v)
 
-    def attention(self, q, k):
+    def attention(self, q, k, key_mask=None):
         causal = self.protocol.causal
-        return eqx.filter_vmap(lambda f, q, k: _implied_weights(f, q, k, None, causal))(self.features, q, k)
+        m = None if key_mask is None else jnp.asarray(key_mask, q.dtype)
+        return eqx.filter_vmap(lambda f, q, k: _implied_weights(f, q, k, m, causal))(self.features, q, k)

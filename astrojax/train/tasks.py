@@ -7,7 +7,10 @@ batch of example indices and ``evaluate(student)`` on held-out data. The trainin
 
 - :class:`HeadsTask` (``scope: heads``): each teacher head gets its own
   neuron--astrocyte head driven by the teacher's ``q, k, v``; losses on its read-out,
-  astrocyte response and attention weights.
+  astrocyte response and attention weights. With ``window_lengths`` (bucket sizes) the
+  windows have random lengths up to the largest bucket, padded to their bucket with a
+  key mask; ``task.data`` then holds one data tuple per bucket and each training step
+  draws its batch from one bucket (``task.bucket_counts``, :func:`~astrojax.train.data.bucket_of_step`).
 - :class:`TextModelTask` (``scope: model``, text teacher): every attention layer of the
   teacher replaced by a neuron--astrocyte layer; losses on the final hidden states and
   the sentence embedding.
@@ -28,7 +31,7 @@ from ..layers import NeuronAstrocyteAttention
 from ..oracles import softmax_weights
 from ..teachers import Teacher, mean_pool, to_neuron_astrocyte
 from . import losses
-from .data import heldout_sentences, heldout_text, training_chunks, training_sentences
+from .data import heldout_sentences, heldout_text, training_chunks, training_sentences, training_windows
 from .evaluate import embedding_cosines, head_fields, summarize_fields
 from .students import HeadStudents, learned_feature_map
 
@@ -46,6 +49,7 @@ class TaskConfig:
     method: object = None
     layers: tuple | None = None  # heads scope: teacher layers to distil (None: all)
     chunk_tokens: int = 64
+    window_lengths: tuple | None = None  # heads scope: bucket sizes of random-length windows (None: fixed)
     num_chunks: int = 256
     data_seed: int = 0
     corrupt: float = 0.0  # text: fraction of tokens replaced at random in every second window
@@ -114,13 +118,27 @@ class HeadsTask:
         model = teacher.model
         self.layers = tuple(range(model.num_layers)) if cfg.layers is None else tuple(cfg.layers)
         self.H, self.D = model.num_heads, model.head_dim
-        chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt,
-                                 cfg.corpus)
-        out = _run_batched(_head_targets, model, jnp.asarray(chunks))
         # training targets: passed to the jitted step as arguments (never closed over:
         # large captured constants make XLA compile-time constant folding crawl)
-        self.data = tuple(_stack_heads(x, self.layers).astype(dtype) for x in out)
-        self.num_examples = self.data[0].shape[1]
+        if cfg.window_lengths is None:
+            chunks = training_chunks(teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed,
+                                     cfg.corrupt, cfg.corpus)
+            out = _run_batched(_head_targets, model, jnp.asarray(chunks))
+            self.data = tuple(_stack_heads(x, self.layers).astype(dtype) for x in out)
+            self.num_examples = self.data[0].shape[1]
+        else:
+            buckets = training_windows(teacher.tokenizer, cfg.window_lengths, cfg.num_chunks, cfg.data_seed,
+                                       cfg.corrupt, cfg.corpus)
+            self.data, self.bucket_sizes, self.bucket_counts = [], [], []
+            for ids, mask in buckets:
+                if not len(ids):
+                    continue
+                self.data.append(self.masked_targets(model, self.layers, ids, mask, dtype))
+                self.bucket_sizes.append(ids.shape[1])
+                self.bucket_counts.append(len(ids))
+            self.data, self.bucket_sizes = tuple(self.data), tuple(self.bucket_sizes)
+            self.bucket_counts = tuple(self.bucket_counts)
+            self.num_examples = sum(self.bucket_counts)
         self.heldout_ids = teacher.tokenizer.encode(heldout_text())
         self.dtype = dtype
 
@@ -143,22 +161,41 @@ class HeadsTask:
     def trainable(self, student):
         return _trainable_spec(student, self.cfg)
 
+    @staticmethod
+    def masked_targets(model, layers, ids, mask, dtype=jnp.float32):
+        """The teacher's ``(q, k, v, y, Z)`` per head ``(heads, n, T, ...)`` on padded windows
+        ``ids`` (``mask``: False on the padding; the teacher's attention skips it, so the
+        targets on the valid tokens are those of the truncated windows), and the mask
+        ``(n, T)``. ``Z`` is set to 1 on the padding (its loss terms are masked out)."""
+        out = _run_batched(_head_targets, model, (jnp.asarray(ids), jnp.asarray(mask)))
+        q, k, v, y, Z = (_stack_heads(x, layers).astype(dtype) for x in out)
+        m = jnp.asarray(mask)
+        Z = jnp.where(m[None], Z, 1.0)
+        return q, k, v, y, Z, m
+
     def loss(self, student: HeadStudents, data, idx):
-        q, k, v, y_ref, Z = (x[:, idx] for x in data)
+        """Batch mean of per-window loss terms; a window's terms are means over its valid
+        tokens (with a mask in ``data``: padded windows give the loss of the truncated ones)."""
+        if len(data) == 6:
+            q, k, v, y_ref, Z = (x[:, idx] for x in data[:5])
+            mask = data[5][idx]
+        else:
+            q, k, v, y_ref, Z = (x[:, idx] for x in data)
+            mask = None
         w = self.cfg.loss_weights
 
-        def per_example(q, k, v, y_ref, Z):  # (heads, T, D)
-            y, a = student(q, k, v)
-            terms = {
-                "y": jax.vmap(losses.readout_error)(y, y_ref).mean(),
-                "log_a": jax.vmap(losses.normaliser_log_error)(a, Z).mean(),
-            }
+        def per_example(q, k, v, y_ref, Z, mask):  # (heads, T, D), mask (T,) or None
+            y, a = student(q, k, v, key_mask=mask)
+            per_head = lambda f, *xs: jax.vmap(lambda *h: f(*h, mask))(*xs).mean()  # noqa: E731
+            terms = {"y": per_head(losses.readout_error, y, y_ref),
+                     "log_a": per_head(losses.normaliser_log_error, a, Z)}
             if w.get("kl", 0.0):
-                w_ref = jax.vmap(lambda q, k: softmax_weights(q, k)[0])(q, k)
-                terms["kl"] = jax.vmap(losses.attention_kl)(w_ref, student.attention(q, k)).mean()
+                w_ref = jax.vmap(lambda q, k: softmax_weights(q, k, key_mask=mask)[0])(q, k)
+                terms["kl"] = per_head(losses.attention_kl, w_ref, student.attention(q, k, key_mask=mask))
             return terms
 
-        terms = jax.vmap(per_example, in_axes=1)(q, k, v, y_ref, Z)
+        terms = jax.vmap(per_example, in_axes=(1, 1, 1, 1, 1, 0 if mask is not None else None))(
+            q, k, v, y_ref, Z, mask)
         terms = {n: jnp.mean(t) for n, t in terms.items()}
         total = sum(w.get(n, 0.0) * t for n, t in terms.items())
         return total, terms
