@@ -167,7 +167,7 @@ class HeadsTask:
         ``ids`` (``mask``: False on the padding; the teacher's attention skips it, so the
         targets on the valid tokens are those of the truncated windows), and the mask
         ``(n, T)``. ``Z`` is set to 1 on the padding (its loss terms are masked out)."""
-        out = _run_batched(_head_targets, model, (jnp.asarray(ids), jnp.asarray(mask)))
+        out = _run_batched(lambda m, im: _head_targets(m, *im), model, (jnp.asarray(ids), jnp.asarray(mask)))
         q, k, v, y, Z = (_stack_heads(x, layers).astype(dtype) for x in out)
         m = jnp.asarray(mask)
         Z = jnp.where(m[None], Z, 1.0)
