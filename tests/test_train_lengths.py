@@ -161,7 +161,7 @@ def test_padded_batch_loss_equals_the_truncated_sequences_loss():
         truncated.append((q[:, i:i + 1, :L], k[:, i:i + 1, :L], v[:, i:i + 1, :L], y_i[:, None], Z_i[:, None]))
     # garbage in the padding of the inputs and the read-out targets
     junk = lambda x: jnp.where(mask[None, :, :, None], x, 50.0 * jax.random.normal(kg, x.shape))  # noqa: E731
-    data = (junk(q), junk(k), junk(v), junk(jnp.asarray(y_ref)), jnp.asarray(Z), mask)
+    data = (junk(q), junk(k), junk(v), junk(jnp.asarray(y_ref)), jnp.where(mask[None], jnp.log(Z), 0.0), mask)
 
     task = object.__new__(HeadsTask)
     task.cfg = TaskConfig(loss_weights={"y": 1.0, "log_a": 0.5, "kl": 1.0})
@@ -209,13 +209,14 @@ def test_teacher_targets_on_padded_windows_are_those_of_the_truncated_windows():
     padded = np.full((1, T), tok.pad_id, np.int32)
     padded[0, :L] = ids
     mask = np.arange(T)[None] < L
-    q, k, v, y, Z, m = HeadsTask.masked_targets(model, (0, 5), padded, mask)
+    q, k, v, y, logZ, m = HeadsTask.masked_targets(model, (0, 5), padded, mask)
     ref = [x[jnp.asarray([0, 5])] for x in eqx.filter_jit(_head_targets)(model, jnp.asarray(ids))]
-    for name, got, want in zip("qkvyZ", (q, k, v, y, Z), ref):
+    ref[4] = jnp.log(ref[4])  # log Z
+    for name, got, want in zip("qkvyZ", (q, k, v, y, logZ), ref):
         got = got[:, 0, :L]  # (heads, L, ...)
         want = want.reshape(-1, *want.shape[2:])
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-5, err_msg=name)
-    assert (np.asarray(Z[:, 0, L:]) == 1.0).all() and np.asarray(m).tolist() == mask.tolist()
+    assert (np.asarray(logZ[:, 0, L:]) == 0.0).all() and np.asarray(m).tolist() == mask.tolist()
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 __all__ = [
     "readout_error",
     "normaliser_log_error",
+    "log_normaliser_error",
     "attention_kl",
     "hidden_error",
     "embedding_cosine_loss",
@@ -42,6 +43,13 @@ def normaliser_log_error(a, Z, mask=None):
     a large error, not a NaN)."""
     la = jnp.log(jnp.maximum(a, _TINY))
     return _masked_mean((la - jnp.log(Z)) ** 2, mask)
+
+
+def log_normaliser_error(a, log_Z, mask=None):
+    """:func:`normaliser_log_error` with the target given as ``log Z`` (finite where ``Z``
+    overflows float32)."""
+    la = jnp.log(jnp.maximum(a, _TINY))
+    return _masked_mean((la - log_Z) ** 2, mask)
 
 
 def attention_kl(w_ref, w, mask=None):

@@ -163,39 +163,43 @@ class HeadsTask:
 
     @staticmethod
     def masked_targets(model, layers, ids, mask, dtype=jnp.float32):
-        """The teacher's ``(q, k, v, y, Z)`` per head ``(heads, n, T, ...)`` on padded windows
-        ``ids`` (``mask``: False on the padding; the teacher's attention skips it, so the
-        targets on the valid tokens are those of the truncated windows), and the mask
-        ``(n, T)``. ``Z`` is set to 1 on the padding (its loss terms are masked out)."""
+        """The teacher's ``(q, k, v, y, log Z)`` per head ``(heads, n, T, ...)`` on padded
+        windows ``ids`` (``mask``: False on the padding; the teacher's attention skips it, so
+        the targets on the valid tokens are those of the truncated windows), and the mask
+        ``(n, T)``. ``log Z`` (0 on the padding, whose loss terms are masked out) is the
+        log-sum-exp of the teacher's attention logits recomputed from its ``q, k`` (its
+        ``Z = exp(lse)`` overflows float32 beyond ``lse = 88``, reached by MiniLM heads in
+        some 512-token windows)."""
         out = _run_batched(lambda m, im: _head_targets(m, *im), model, (jnp.asarray(ids), jnp.asarray(mask)))
-        q, k, v, y, Z = (_stack_heads(x, layers).astype(dtype) for x in out)
+        q, k, v, y, _ = (_stack_heads(x, layers).astype(dtype) for x in out)
         m = jnp.asarray(mask)
-        Z = jnp.where(m[None], Z, 1.0)
-        return q, k, v, y, Z, m
+        lse = jax.vmap(jax.vmap(lambda q, k, m: softmax_weights(q, k, key_mask=m)[1], in_axes=(0, 0, 0)),
+                       in_axes=(0, 0, None))(q, k, m)
+        return q, k, v, y, jnp.where(m[None], lse, 0.0).astype(dtype), m
 
     def loss(self, student: HeadStudents, data, idx):
         """Batch mean of per-window loss terms; a window's terms are means over its valid
         tokens (with a mask in ``data``: padded windows give the loss of the truncated ones)."""
-        if len(data) == 6:
-            q, k, v, y_ref, Z = (x[:, idx] for x in data[:5])
+        if len(data) == 6:  # (q, k, v, y, log Z, mask): padded windows
+            q, k, v, y_ref, logZ = (x[:, idx] for x in data[:5])
             mask = data[5][idx]
-        else:
+        else:  # (q, k, v, y, Z): fixed windows
             q, k, v, y_ref, Z = (x[:, idx] for x in data)
-            mask = None
+            logZ, mask = jnp.log(Z), None
         w = self.cfg.loss_weights
 
-        def per_example(q, k, v, y_ref, Z, mask):  # (heads, T, D), mask (T,) or None
+        def per_example(q, k, v, y_ref, logZ, mask):  # (heads, T, D), mask (T,) or None
             y, a = student(q, k, v, key_mask=mask)
             per_head = lambda f, *xs: jax.vmap(lambda *h: f(*h, mask))(*xs).mean()  # noqa: E731
             terms = {"y": per_head(losses.readout_error, y, y_ref),
-                     "log_a": per_head(losses.normaliser_log_error, a, Z)}
+                     "log_a": per_head(losses.log_normaliser_error, a, logZ)}
             if w.get("kl", 0.0):
                 w_ref = jax.vmap(lambda q, k: softmax_weights(q, k, key_mask=mask)[0])(q, k)
                 terms["kl"] = per_head(losses.attention_kl, w_ref, student.attention(q, k, key_mask=mask))
             return terms
 
         terms = jax.vmap(per_example, in_axes=(1, 1, 1, 1, 1, 0 if mask is not None else None))(
-            q, k, v, y_ref, Z, mask)
+            q, k, v, y_ref, logZ, mask)
         terms = {n: jnp.mean(t) for n, t in terms.items()}
         total = sum(w.get(n, 0.0) * t for n, t in terms.items())
         return total, terms
