@@ -86,7 +86,7 @@ def check_train_files(c: TrainConfig, run_dir=None) -> None:
     the scope and layers (from its ``config.json``), ``init_from`` is a finished run, and
     the run directory, if it holds a run, holds one of this config."""
     kind, num_layers = teacher_facts(c.teacher)
-    if c.scope == "heads" and kind != "text":
+    if c.scope == "heads" and kind not in ("text", "causal-text"):
         raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
     bad = [x for x in c.layers or () if num_layers is not None and x >= num_layers]
     if bad:

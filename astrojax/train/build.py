@@ -56,7 +56,7 @@ def load_teacher(c: TrainConfig):
         teacher = _load(c.teacher)
     except TeacherError as e:
         raise ConfigError(f"config key `teacher`: {e}") from None
-    if c.scope == "heads" and teacher.kind != "text":
+    if c.scope == "heads" and teacher.kind not in ("text", "causal-text"):
         raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
     if c.layers is not None:
         bad = [x for x in c.layers if x >= teacher.model.num_layers]
@@ -78,6 +78,11 @@ def build_student(c: TrainConfig, teacher, key=None):
 
     key = init_key(c.seed) if key is None else key
     tcfg = task_config(c, method(c)[0])
+    if teacher.kind == "causal-text":  # the GPT decoder: causal students (astrojax.train.gpt)
+        from .gpt import init_head_students, init_model_student
+
+        init = init_head_students if c.scope == "heads" else init_model_student
+        return init(teacher.model, tcfg, key, dtype(c))
     if c.scope == "heads":
         return HeadsTask.init_student(teacher.model, tcfg, key)
     return _learned_student(teacher.model, tcfg, key, dtype(c))
