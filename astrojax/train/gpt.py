@@ -148,7 +148,8 @@ class GPTHeadsTask(HeadsTask):
             }
             if w.get("kl", 0.0):
                 w_ref = jax.vmap(lambda q, k: softmax_weights(q, k, causal=True)[0])(q, k)
-                terms["kl"] = jax.vmap(losses.attention_kl)(w_ref, student.attention(q, k)).mean()
+                log_w = eqx.filter_vmap(causal_log_weights)(student.features, q, k)
+                terms["kl"] = jax.vmap(causal_attention_kl)(w_ref, log_w).mean()
             return terms
 
         terms = jax.vmap(per_example, in_axes=1)(q, k, v, y_ref, Z)
@@ -165,6 +166,31 @@ class GPTHeadsTask(HeadsTask):
         one = jax.tree.map(lambda x: x[head: head + 1] if eqx.is_array(x) else x, student)
         _, a = eqx.filter_jit(one)(q, k, v)
         return np.asarray(a[0]), np.asarray(Z[0])
+
+
+def causal_log_weights(fmap, q, k):
+    """``log`` of the causal attention weights implied by one head's (positive) features,
+    ``phi(q~_t).phi(k~_tau) / sum_{tau'<=t} phi(q~_t).phi(k~_tau')``, in log space with a
+    per-token shift of queries *and* keys: unlike normalising ``phi`` by one shift for the
+    whole sequence, no row of an early token (few keys) can underflow to ``0 / 0`` (which
+    gives NaN gradients). Entries above the diagonal are ``-inf``."""
+    s = q.shape[-1] ** -0.25
+    lq, lk = fmap.log_features(q * s), fmap.log_features(k * s)
+    sq = jax.lax.stop_gradient(jnp.max(lq, -1))
+    sk = jax.lax.stop_gradient(jnp.max(lk, -1))
+    dot = jnp.exp(lq - sq[:, None]) @ jnp.exp(lk - sk[:, None]).T
+    tiny = jnp.finfo(dot.dtype).tiny
+    logK = sq[:, None] + sk[None, :] + jnp.log(jnp.maximum(dot, tiny))
+    T = q.shape[0]
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    return jax.nn.log_softmax(jnp.where(causal, logK, -jnp.inf), axis=-1)
+
+
+def causal_attention_kl(w_ref, log_w):
+    """``mean_t sum_{tau<=t} w*_{t,tau} (log w*_{t,tau} - log w_{t,tau})`` (entries with
+    ``w* = 0`` contribute nothing, even where ``log w = -inf``)."""
+    safe = jnp.where(w_ref > 0, log_w, 0.0)
+    return jnp.mean(jnp.sum(jax.scipy.special.xlogy(w_ref, w_ref) - w_ref * safe, axis=-1))
 
 
 def _model_targets(model, ids):
@@ -213,6 +239,10 @@ class GPTModelTask:
 
 
 @eqx.filter_jit
+def _windows_eval(teacher, student, wins, layers):
+    return jax.vmap(lambda w: _window_eval(teacher, student, w, layers))(wins)
+
+
 def _window_eval(teacher, student, win, layers):
     """One held-out window ``(T + 1,)``: per-position teacher/student NLL and top-1
     tokens, and per-head ``(a, Z, y, y_ref)``."""
@@ -264,7 +294,8 @@ def _corr_over_windows(a, Z):
     return np.where(den > 0, (la * lz).sum(0) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def decoder_metrics(teacher_model, student, windows, layers=None, *, positions: bool = True) -> dict:
+def decoder_metrics(teacher_model, student, windows, layers=None, *, positions: bool = True,
+                    batch: int = 8) -> dict:
     """Held-out metrics of a decoder student on ``windows`` ``(W, T + 1)``.
 
     ``summary``: ``teacher_perplexity`` and ``student_perplexity`` (per character, on the
@@ -285,8 +316,14 @@ def decoder_metrics(teacher_model, student, windows, layers=None, *, positions: 
         layers = tuple(range(teacher_model.num_layers)) if layers is None else tuple(layers)
     else:
         layers = tuple(range(teacher_model.num_layers))
-    outs = [jax.device_get(_window_eval(teacher_model, student, jnp.asarray(w), layers)) for w in windows]
-    t_nll, s_nll, t_top, s_top, a, Z, y, y_ref = (np.stack(x) for x in zip(*outs))
+    outs = []
+    for i in range(0, windows.shape[0], batch):  # one compiled shape: the last batch is padded
+        w = windows[i: i + batch]
+        pad = batch - w.shape[0]
+        w = np.concatenate([w, np.repeat(w[-1:], pad, 0)]) if pad else w
+        out = jax.device_get(_windows_eval(teacher_model, student, jnp.asarray(w), layers))
+        outs.append([x[: batch - pad] for x in out])
+    t_nll, s_nll, t_top, s_top, a, Z, y, y_ref = (np.concatenate(x) for x in zip(*outs))
     # a, Z: (W, N, T); y: (W, N, T, Dh)
     yerr = np.linalg.norm(y - y_ref, axis=-1) / np.linalg.norm(y_ref, axis=-1)  # (W, N, T)
     hm = np.asarray(jax.vmap(jax.vmap(head_metrics))(jnp.asarray(a), jnp.asarray(y), jnp.asarray(Z),
@@ -368,3 +405,29 @@ def plot_positions(res: dict, path, title: str = "") -> str:
 def _f(x):
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+# ----------------------------------------------------------------------------- astrojax evaluate
+
+
+def evaluate_decoder(teacher, student, c, text: str | None = None, windows: int | None = None) -> dict:
+    """``astrojax evaluate`` for a decoder run (``c`` its TrainConfig): :func:`decoder_metrics`
+    on the held-out split of the teacher's corpus (``text``: a UTF-8 file instead, read
+    as one document), in windows of the teacher's context length (a shorter text: one
+    window of its length); ``windows``: at most this many (None: all)."""
+    from .._config import ConfigError
+    from .evaluate import read_text_file
+
+    C = teacher.model.config.context_length
+    if text is None:
+        ids, source = None, f"held-out split of {_split(teacher)[0]} (teacher's documents never trained on)"
+    else:
+        body = read_text_file(text)  # one-line ConfigError: missing, binary, not UTF-8
+        ids, source = teacher.tokenizer.encode(body, bos=True), text
+        if ids.shape[0] < 3:
+            raise ConfigError(f"config key `text`: {text} holds {ids.shape[0] - 1} characters; at least 2 are needed")
+        C = min(C, ids.shape[0] - 1)
+    wins = heldout_windows(teacher, C, windows, ids)
+    layers = c.layers if isinstance(student, HeadStudents) else None
+    res = decoder_metrics(teacher.model, student, wins, layers)
+    return {"text": source, "scope": c.scope, **res}
