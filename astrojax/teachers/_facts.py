@@ -42,6 +42,15 @@ def teacher_facts(spec: str, key: str = "teacher") -> tuple[str, int | None]:
     else:
         path = Path(spec).expanduser()
         if path.is_file():
+            from ._common import TeacherError, read_header
+
+            try:
+                header = read_header(path)
+            except TeacherError as e:
+                raise ConfigError(f"config key `{key}`: {e}") from None
+            if header.get("kind") == "gpt-char":
+                layers = (header.get("config") or {}).get("num_layers")
+                return "causal-text", layers if isinstance(layers, int) else None
             return "image", None
         if not path.is_dir():
             raise ConfigError(f"config key `{key}`: {spec!r} is neither 'minilm', 'digits' nor an existing path")
