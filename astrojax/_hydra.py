@@ -46,6 +46,7 @@ SCHEMAS = {
     "teacher_gpt": "astrojax.teachers._gpt_job:TeacherGPTConfig",
     "train": "astrojax.train.config:TrainConfig",
     "evaluate": "astrojax.train.evaluate_app:EvaluateConfig",
+    "generate": "astrojax.train.generate:GenerateConfig",
 }
 
 
