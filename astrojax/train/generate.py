@@ -21,6 +21,7 @@ import os
 import time
 from typing import Optional
 
+import equinox as eqx
 import numpy as np
 from omegaconf import MISSING
 
@@ -185,10 +186,7 @@ def _generate_carried_impl(model, buf, plen, key, temperature):
     return buf, logits
 
 
-def _generate_carried(model, buf, plen, key, temperature):
-    import equinox as eqx
-
-    return eqx.filter_jit(_generate_carried_impl)(model, buf, plen, key, temperature)
+_generate_carried = eqx.filter_jit(_generate_carried_impl)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -57,6 +57,12 @@ def _split(teacher):
     return cfg.get("corpus", "pydoc+news"), float(cfg.get("heldout_fraction", 0.1))
 
 
+def _heldout_source(teacher) -> str:
+    corpus, frac = _split(teacher)
+    return (f"held-out documents of {corpus} (the {frac:g} of documents chosen by text hash, never trained on), "
+            f"the first {EVAL_WINDOWS} windows")
+
+
 def train_windows(teacher, length: int, num: int, seed: int = 0, corpus: str | None = None) -> np.ndarray:
     """``(num, length)`` int32 windows drawn at ``seed``-chosen random offsets of the
     *training* split of ``corpus`` (default: the teacher's corpus; the split is always
@@ -157,7 +163,8 @@ class GPTHeadsTask(HeadsTask):
         return sum(w.get(n, 0.0) * t for n, t in terms.items()), terms
 
     def evaluate(self, student) -> dict:
-        return decoder_metrics(self.teacher.model, student, self.eval_ids, self.layers)
+        return {"text": _heldout_source(self.teacher),
+                **decoder_metrics(self.teacher.model, student, self.eval_ids, self.layers)}
 
     def curves(self, student, head: int):
         out = eqx.filter_jit(self.teacher.model.run)(jnp.asarray(self.heldout_ids))
@@ -232,7 +239,7 @@ class GPTModelTask:
         return sum(w.get(n, 0.0) * t for n, t in terms.items()), terms
 
     def evaluate(self, student) -> dict:
-        return decoder_metrics(self.teacher.model, student, self.eval_ids)
+        return {"text": _heldout_source(self.teacher), **decoder_metrics(self.teacher.model, student, self.eval_ids)}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -420,7 +427,7 @@ def evaluate_decoder(teacher, student, c, text: str | None = None, windows: int 
 
     C = teacher.model.config.context_length
     if text is None:
-        ids, source = None, f"held-out split of {_split(teacher)[0]} (teacher's documents never trained on)"
+        ids, source = None, _heldout_source(teacher).rsplit(",", 1)[0]
     else:
         body = read_text_file(text)  # one-line ConfigError: missing, binary, not UTF-8
         ids, source = teacher.tokenizer.encode(body, bos=True), text
