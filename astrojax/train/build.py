@@ -43,7 +43,7 @@ def task_config(c: TrainConfig, meth):
         method=meth, layers=None if c.layers is None else tuple(c.layers),
         chunk_tokens=c.data.chunk_tokens, num_chunks=c.data.num_chunks, data_seed=c.data.seed,
         corrupt=c.data.corrupt, corpus=c.data.corpus, unit=c.data.unit,
-        train_params=tuple(c.train_params), train_projections=c.train_projections,
+        train_params=tuple(c.train_params), train_projections=c.train_projections, train_all=c.train_all,
         loss_weights=dataclasses.asdict(c.loss), eval_pad=c.data.eval_pad,
     )
 
