@@ -350,6 +350,7 @@ def decoder_metrics(teacher_model, student, windows, layers=None, *, positions: 
     }
     summary["perplexity_ratio"] = summary["student_perplexity"] / summary["teacher_perplexity"]
     res = {"summary": summary, "per_head": rows, "windows": int(windows.shape[0]),
+           "language_model": "teacher's (heads scope)" if isinstance(student, HeadStudents) else "student's",
            "window_tokens": int(windows.shape[1] - 1), "scored_tokens": int(t_nll.size)}
     if positions:
         T = t_nll.shape[1]
@@ -402,8 +403,12 @@ def plot_positions(res: dict, path, title: str = "") -> str:
     ax2.set_ylabel("top-1 agreement", color="tab:red")
     axes[2].legend(fontsize=7, loc="upper right")
     s = res["summary"]
-    axes[2].set_title(f"ppl teacher {s['teacher_perplexity']:.3f}, student {s['student_perplexity']:.3f}; "
-                      f"agreement {100 * s['top1_agreement']:.1f}%", fontsize=9)
+    if res.get("language_model", "").startswith("teacher"):
+        axes[2].set_title(f"heads scope: the language model is the teacher's (ppl {s['teacher_perplexity']:.3f})",
+                          fontsize=9)
+    else:
+        axes[2].set_title(f"ppl teacher {s['teacher_perplexity']:.3f}, student {s['student_perplexity']:.3f}; "
+                          f"agreement {100 * s['top1_agreement']:.1f}%", fontsize=9)
     fig.suptitle(title or f"{res['windows']} held-out windows of {res['window_tokens']} characters", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
