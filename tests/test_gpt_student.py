@@ -246,3 +246,28 @@ def test_train_refuses_a_damaged_teacher_file(tmp_path):
     r = _cli(["train", "experiment=gpt_heads", f"teacher={bad}"], work)
     assert r.returncode == 2 and r.stderr.startswith("astrojax train: error: config key `teacher`:"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and os.listdir(work) == []
+
+
+@pytest.mark.parametrize("override, key", [("windows=0", "windows"), ("run=/nonexistent", "run")])
+def test_evaluate_bad_inputs_one_line_exit_2_nothing_written(tmp_path, override, key):
+    args = [override] if override.startswith("run=") else ["run=/nonexistent", override]
+    r = _cli(["evaluate", *args], tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"astrojax evaluate: error: config key `{key}`:"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+def test_evaluate_decoder_text_errors(teacher, tmp_path):
+    """A decoder evaluation on a text file: a binary file or a text of one character is
+    refused with one line naming `text`."""
+    from astrojax._config import ConfigError
+    from astrojax.train.config import TrainConfig
+    from astrojax.train.gpt import evaluate_decoder
+
+    c = TrainConfig(name="x", scope="model", teacher="gpt", m=8)
+    s = init_model_student(teacher.model, _cfg(m=8), jax.random.PRNGKey(0))
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x01")
+    (tmp_path / "one.txt").write_text("a")
+    for name in ("bin.txt", "one.txt"):
+        with pytest.raises(ConfigError, match="config key `text`"):
+            evaluate_decoder(teacher, s, c, str(tmp_path / name))
