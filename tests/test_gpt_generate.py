@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from astrojax import integrate
 from astrojax.dynamics import NeuronAstrocyteParams
 from astrojax.integrate import FastPath
 from astrojax.teachers._gpt import GPT, GPTConfig, window_start
@@ -22,6 +23,8 @@ from astrojax.train.gpt import init_model_student
 from astrojax.train.tasks import TaskConfig
 
 SMALL = GPTConfig(context_length=12, d_model=16, num_heads=2, num_layers=2, d_ff=32)
+# the carried decoding continues each head from the core's Solution.final (solve(init=...))
+needs_carry = pytest.mark.skipif(not hasattr(integrate, "Carry"), reason="the core has no Carry (solve init=) yet")
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,7 @@ def student():
     return init_model_student(m, cfg, jax.random.PRNGKey(1))
 
 
+@needs_carry
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_incremental_equals_whole_sequence(student, temperature):
     """Within the context: the carried decoding's logits equal the whole-sequence
@@ -51,6 +55,7 @@ def test_incremental_equals_whole_sequence(student, temperature):
         assert ids[t + 1] == int(want)
 
 
+@needs_carry
 @pytest.mark.slow  # ~50 s on 2 busy cores: compiles the sliding decoder and the window reference
 def test_generation_past_the_context_slides_like_the_reference(student):
     """Past the 12-token context the window slides (the last 6 tokens re-simulated from
@@ -68,6 +73,7 @@ def test_generation_past_the_context_slides_like_the_reference(student):
         np.testing.assert_allclose(np.asarray(lg)[t], ref, rtol=1e-4, atol=1e-4)
 
 
+@needs_carry
 @pytest.mark.slow  # ~1-2 min: compiles the per-token whole-window reference decoder
 def test_incremental_and_recompute_decoders_agree(student):
     """generate_student(incremental=False) -- a whole-window simulation per token -- gives
@@ -79,6 +85,7 @@ def test_incremental_and_recompute_decoders_agree(student):
     np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), rtol=1e-4, atol=1e-4)
 
 
+@needs_carry
 def test_generation_is_deterministic_and_causal(student):
     """The same call gives bitwise the same output; a different prompt token at position
     t+1 leaves the logits up to t unchanged."""
