@@ -40,22 +40,29 @@ from astrojax.train.generate import generate_student
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = (64, 128, 256, 512, 1024)
 MAX_RECOMPUTE = 256
-REPEATS = 3
+REPEATS = 5
+
+
+def _rel(path) -> str:
+    """``path`` as written from the repository root (no absolute machine path in a result)."""
+    rel = os.path.relpath(path, HERE.parent.parent)
+    return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(path))
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn())
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def best(fn):
-    first, out = timed(fn)
-    times = []
+    first, _, out = timed(fn)
+    walls, cpus = [], []
     for _ in range(REPEATS):
-        t, out = timed(fn)
-        times.append(t)
-    return first, min(times), out
+        t, c, out = timed(fn)
+        walls.append(t)
+        cpus.append(c)
+    return first, min(walls), min(cpus), out
 
 
 def main(run="runs/train/gpt_model") -> dict:
@@ -73,8 +80,9 @@ def main(run="runs/train/gpt_model") -> dict:
                 fn = lambda: generate(teacher.model, prompt, steps)  # noqa: E731
             else:
                 fn = lambda: generate_student(student, prompt, steps, incremental=mode == "incremental")  # noqa: E731
-            first, t, outs[mode] = best(fn)
+            first, t, cpu, outs[mode] = best(fn)
             row[f"{mode}_seconds"] = t
+            row[f"{mode}_cpu_seconds"] = cpu
             row[f"{mode}_ms_per_token"] = 1e3 * t / steps
             row[f"{mode}_first_call_seconds"] = first
         if "recompute" in outs:
@@ -92,14 +100,18 @@ def main(run="runs/train/gpt_model") -> dict:
     rec = [r for r in rows if "recompute_seconds" in r]
     tok = CharTokenizer()
     result = {
-        "command": "python experiments/gpt/generation_cost.py" + ("" if run == "runs/train/gpt_model" else f" {run}"),
-        "run": os.path.relpath(run) if not os.path.relpath(run).startswith("..") else os.path.basename(run),
+        "command": "python experiments/gpt/generation_cost.py" + ("" if run == "runs/train/gpt_model" else f" '{_rel(run)}'"),
+        "run": _rel(run),
         "m": c.m,
         "prompt": "<bos>The ",
         "decoding": "greedy",
-        "timing": f"minimum wall time of {REPEATS} repeats after one compiling call",
+        "timing": f"minimum wall time and minimum process CPU time (all threads) of {REPEATS} repeats after one "
+                  "compiling call",
         "rows": rows,
         "loglog_slope_incremental": float(np.polyfit(n, np.log([r["incremental_seconds"] for r in rows]), 1)[0]),
+        "loglog_slope_incremental_cpu": float(np.polyfit(n, np.log([r["incremental_cpu_seconds"] for r in rows]),
+                                                         1)[0]),
+        "loglog_slope_teacher_cpu": float(np.polyfit(n, np.log([r["teacher_cpu_seconds"] for r in rows]), 1)[0]),
         "loglog_slope_teacher": float(np.polyfit(n, np.log([r["teacher_seconds"] for r in rows]), 1)[0]),
         "loglog_slope_recompute": float(np.polyfit(np.log([r["generated_tokens"] for r in rec]),
                                                    np.log([r["recompute_seconds"] for r in rec]), 1)[0]),
@@ -110,7 +122,8 @@ def main(run="runs/train/gpt_model") -> dict:
     }
     save_json(HERE / "generation_cost.json", result)
     plot(result, HERE / "generation_cost.png")
-    print(f"log-log slope: incremental {result['loglog_slope_incremental']:.3f}, recompute "
+    print(f"log-log slope: incremental {result['loglog_slope_incremental']:.3f} (CPU time "
+          f"{result['loglog_slope_incremental_cpu']:.3f}), recompute "
           f"{result['loglog_slope_recompute']:.3f}, teacher {result['loglog_slope_teacher']:.3f}; same tokens: "
           f"{result['all_same_tokens_incremental_vs_recompute']}")
     return result
@@ -123,17 +136,18 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for mode, label in (("incremental", "student: state carried token to token"),
-                        ("recompute", "student: whole window per token"), ("teacher", "teacher: key/value cache")):
-        rr = [r for r in rows if f"{mode}_seconds" in r]
-        ax.loglog([r["generated_tokens"] for r in rr], [r[f"{mode}_seconds"] for r in rr], "o-", label=label)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     n = [r["generated_tokens"] for r in rows]
-    ax.loglog(n, [rows[0]["incremental_seconds"] * x / n[0] for x in n], "k:", lw=1, label="linear")
-    ax.set_xlabel("generated tokens")
-    ax.set_ylabel("wall time [s]")
-    ax.set_title(f"neuron-astrocyte LM (m={result['m']}): generation cost (CPU)", fontsize=9)
-    ax.legend(fontsize=7)
+    for ax, key, ylabel in ((axes[0], "seconds", "wall time [s]"), (axes[1], "cpu_seconds", "process CPU time [s]")):
+        for mode, label in (("incremental", "student: state carried token to token"),
+                            ("recompute", "student: whole window per token"), ("teacher", "teacher: key/value cache")):
+            rr = [r for r in rows if f"{mode}_{key}" in r]
+            ax.loglog([r["generated_tokens"] for r in rr], [r[f"{mode}_{key}"] for r in rr], "o-", label=label)
+        ax.loglog(n, [rows[-1][f"incremental_{key}"] * x / n[-1] for x in n], "k:", lw=1, label="linear")
+        ax.set_xlabel("generated tokens")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"neuron-astrocyte LM (m={result['m']}): generation cost on 2 shared CPU cores", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
