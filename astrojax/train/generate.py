@@ -100,7 +100,8 @@ def _zero_carries(model):
     out = []
     for b in model.blocks:
         a = b.attn
-        m = jax.tree.leaves(a.features)[0].shape[1]
+        head0 = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, a.features)
+        m = jax.eval_shape(head0, jnp.zeros((1, a.head_dim), a.W_Q.weight.dtype)).shape[-1]  # hidden neurons
         dtype = a.W_Q.weight.dtype
         one = Carry.zeros(m, a.head_dim, dtype)
         out.append(jax.tree.map(lambda x: jnp.broadcast_to(x, (a.num_heads,) + jnp.shape(x)), one))
