@@ -57,7 +57,6 @@ def test_incremental_equals_whole_sequence(student, temperature):
 
 
 @needs_carry
-@pytest.mark.slow  # ~50 s on 2 busy cores: compiles the sliding decoder and the window reference
 def test_generation_past_the_context_slides_like_the_reference(student):
     """Past the 12-token context the window slides (the last 6 tokens re-simulated from
     nothing every 6 tokens): each token's logits equal the whole-window simulation of its
@@ -75,7 +74,6 @@ def test_generation_past_the_context_slides_like_the_reference(student):
 
 
 @needs_carry
-@pytest.mark.slow  # ~1-2 min: compiles the per-token whole-window reference decoder
 def test_incremental_and_recompute_decoders_agree(student):
     """generate_student(incremental=False) -- a whole-window simulation per token -- gives
     the same tokens and logits as the carried decoding, past the context too."""
