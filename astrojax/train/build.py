@@ -11,7 +11,8 @@ from pathlib import Path
 from .._config import ConfigError, method_from_config, to_config
 from .config import TrainConfig
 
-__all__ = ["dtype", "method", "task_config", "load_teacher", "build_student", "warm_start", "load_run", "init_key"]
+__all__ = ["dtype", "method", "task_config", "load_teacher", "make_task", "build_student", "warm_start", "load_run",
+           "init_key"]
 
 
 def dtype(c: TrainConfig):
@@ -63,6 +64,18 @@ def load_teacher(c: TrainConfig):
         if bad:
             raise ConfigError(f"config key `layers`: the teacher has {teacher.model.num_layers} layers, got {bad}")
     return teacher
+
+
+def make_task(scope: str, teacher, tcfg, dtype):
+    """The task of ``scope`` for ``teacher``: :mod:`astrojax.train.gpt` for a decoder
+    (``causal-text``) teacher, :func:`astrojax.train.tasks.make_task` otherwise."""
+    if teacher.kind == "causal-text":
+        from .gpt import GPTHeadsTask, GPTModelTask
+
+        return (GPTHeadsTask if scope == "heads" else GPTModelTask)(teacher, tcfg, dtype)
+    from .tasks import make_task as _make
+
+    return _make(scope, teacher, tcfg, dtype)
 
 
 def init_key(seed: int):

@@ -290,10 +290,6 @@ class DigitsModelTask:
 
 
 def make_task(scope: str, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
-    if teacher.kind == "causal-text":  # the GPT decoder: astrojax.train.gpt
-        from .gpt import GPTHeadsTask, GPTModelTask
-
-        return (GPTHeadsTask if scope == "heads" else GPTModelTask)(teacher, cfg, dtype)
     if scope == "heads":
         return HeadsTask(teacher, cfg, dtype)
     if teacher.kind == "image":
