@@ -9,7 +9,7 @@ from .features import (
     SaturatingFeatures,
     make_feature_map,
 )
-from .integrate import RESULTS, AbstractMethod, DiffraxPath, FastPath, Readout, SaveAt, Solution, Trace, integrate, solve
+from .integrate import RESULTS, AbstractMethod, Carry, DiffraxPath, FastPath, Readout, SaveAt, Solution, Trace, integrate, solve
 from .oracles import leaky_random_feature_attention, random_feature_attention, softmax_attention
 from .protocol import Protocol
 from .simulate import simulate_attention
@@ -32,6 +32,7 @@ __all__ = [
     "solve",
     "SaveAt",
     "Solution",
+    "Carry",
     "RESULTS",
     "AbstractMethod",
     "AbstractFeatureMap",

@@ -46,6 +46,7 @@ to ``phi(q~_t) . sum_tau phi(k~_tau)`` in the timescale limit) both as ``a`` and
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, Callable
 
 import equinox as eqx
@@ -68,6 +69,7 @@ __all__ = [
     "RESULTS",
     "Readout",
     "Trace",
+    "Carry",
     "solve",
     "integrate",
 ]
@@ -85,6 +87,11 @@ class RESULTS(eqx.Enumeration):
         "(its logarithm Solution.log_a is finite)"
     )
     unsettled = "a read-out ended its window further than `settle_tol` from its fixed point"
+    drive_out_of_range = (
+        "the overlap of the astrocyte's memory with a query's hidden drive is too close to the "
+        "dtype's underflow for the read-out to be accurate (q, k far larger than the feature map "
+        "can represent in this dtype): use smaller q, k or float64"
+    )
     max_steps_reached = "the Diffrax solver reached `max_steps` in a window"
 
 
@@ -118,12 +125,40 @@ class SaveAt(eqx.Module):
             results stacked in ``Solution.ys``. A time on a window edge belongs to the
             window that ends there.
         fn: ``fn(state) -> PyTree`` (default: the state itself).
+        final: also the :class:`Carry` at the end of the last window
+            (``Solution.final``), from which :func:`solve` can continue with ``init=``
+            (token-by-token generation without recomputing the prefix).
     """
 
     window_ends: bool = eqx.field(static=True, default=True)
     trace: bool = eqx.field(static=True, default=False)
     ts: Any = None
     fn: Callable | None = None
+    final: bool = eqx.field(static=True, default=False)
+
+
+class Carry(eqx.Module):
+    """Everything a simulation carries from one episode into the next: the network
+    :class:`~astrojax.dynamics.State` (memory ``H``, ``p`` in units of the memory scale)
+    plus the gain-control scalars. ``solve(..., init=carry)`` continues exactly where
+    ``solve(..., saveat=SaveAt(final=True)).final`` stopped: simulating tokens ``0..t``
+    and then ``t+1..T`` equals simulating ``0..T`` at once (tested).
+
+    Attributes:
+        state: :class:`~astrojax.dynamics.State` at the end of the last window.
+        mu: memory log-scale (running maximum of the written tokens' log total drives;
+            a large negative number before anything is written).
+        log_n: log of the (effective) number of tokens written, relative to ``mu``.
+    """
+
+    state: State
+    mu: jax.Array
+    log_n: jax.Array
+
+    @classmethod
+    def zeros(cls, m: int, Dv: int, dtype=jnp.float32) -> "Carry":
+        """The carry of a network that has seen nothing."""
+        return cls(zero_state(m, Dv, dtype), jnp.asarray(_FLOOR, dtype), jnp.asarray(-jnp.inf, dtype))
 
 
 class Solution(eqx.Module):
@@ -139,6 +174,7 @@ class Solution(eqx.Module):
             read-out from its fixed point at the end of its window), ``num_steps``
             (solver steps, Diffrax path), ``n_sub``.
         result: :class:`RESULTS` code.
+        final: :class:`Carry` at the end (with ``SaveAt(final=True)``), or None.
     """
 
     y: jax.Array
@@ -148,6 +184,7 @@ class Solution(eqx.Module):
     trace: Trace | None
     stats: dict
     result: RESULTS
+    final: Carry | None = None
 
     @property
     def readout(self) -> Readout:
@@ -159,8 +196,8 @@ class AbstractMethod(eqx.Module):
 
     @abc.abstractmethod
     def _solve(self, P, ep: "_Episode", saveat: SaveAt):
-        """Returns ``(y (J, Dv) at window ends, a_state (J,) at window ends, ys, trace, stats,
-        ok_steps)``."""
+        """Returns ``(y (J, Dv) at window ends, a_state (J,) at window ends, residual (J,),
+        ys, trace, stats, ok_steps, final State or None)``."""
 
 
 class FastPath(AbstractMethod):
@@ -178,15 +215,12 @@ class FastPath(AbstractMethod):
             carried window by window).
         settle_tol: if set, ``result`` is ``unsettled`` when a read-out ends its
             window further than this (relative) from its fixed point.
-        parallel_scan: window-to-window recurrences with ``lax.associative_scan``
-            (log depth; for long sequences on GPU/TPU) instead of ``lax.scan``.
     """
 
-    n_sub: int = eqx.field(static=True, default=16)
+    n_sub: int = eqx.field(static=True, default=8)
     chunk: int = eqx.field(static=True, default=32)
     form: str = eqx.field(static=True, default="auto")
     settle_tol: float | None = eqx.field(static=True, default=None)
-    parallel_scan: bool = eqx.field(static=True, default=False)
 
     def __post_init__(self):
         check_int("n_sub", self.n_sub)
@@ -252,36 +286,83 @@ def _dd(x, y):
     return jnp.exp(-jnp.minimum(x, y)) * _phi1neg(jnp.abs(y - x))
 
 
-def _affine_scan(A, B, init=None, reverse=False, parallel=False):
-    """All ``z_j = A_j z_{j-1} + B_j`` (``z_{-1} = init``, default 0); ``A`` ``(J,)``,
-    ``B`` ``(J, ...)``. ``reverse=True``: ``z_j = A_j z_{j+1} + B_j`` from the end."""
-
-    def combine(e1, e2):
-        a1, b1 = e1
-        a2, b2 = e2
-        a2b = a2.reshape(a2.shape + (1,) * (b1.ndim - a2.ndim))
-        return a1 * a2, a2b * b1 + b2
-
-    if not parallel:
-        z0 = jnp.zeros_like(B[0]) if init is None else jnp.broadcast_to(init, B[0].shape).astype(B.dtype)
-
-        def step(z, ab):
-            a, b = ab
-            z = a.reshape(a.shape + (1,) * (b.ndim - a.ndim)) * z + b
-            return z, z
-
-        return jax.lax.scan(step, z0, (A, B), reverse=reverse)[1]
-    if init is not None:
-        i0 = -1 if reverse else 0
-        a0 = A[i0].reshape(A[i0].shape + (1,) * (B.ndim - 1 - A[i0].ndim))
-        B = B.at[i0].add(a0 * init)
-    return jax.lax.associative_scan(combine, (A, B), reverse=reverse)[1]
+_BLOCK = 32  # steps per block of the blocked recurrences
 
 
-def _cum(op, x, init):
-    """Inclusive cumulative ``op`` along the first axis as a sequential scan (compiles
-    much faster than the associative forms of cumsum / cumprod on CPU)."""
-    return jax.lax.scan(lambda c, e: (op(c, e), op(c, e)), init, x)[1]
+def _segment_logs(la):
+    """``M[..., j, i] = sum_{i < l <= j} la[..., l]`` (0 for ``j <= i``) over the last axis:
+    the log of the product of the factors between steps ``i`` and ``j``. Each entry is
+    its own masked sum (no difference of two large cumulative sums), so it is accurate
+    relative to itself."""
+    C = la.shape[-1]
+    jj = np.arange(C)
+    return jnp.cumsum(jnp.where(jj[:, None] > jj[None, :], la[..., :, None], 0.0), axis=-2)
+
+
+def _lower(M):
+    """``exp(M)`` on and below the diagonal, 0 above."""
+    C = M.shape[-1]
+    jj = np.arange(C)
+    return jnp.where(jj[:, None] >= jj[None, :], jnp.exp(M), 0.0)
+
+
+def _linrec(logA, B, init=None, reverse=False, C=_BLOCK):
+    """All ``z_j = exp(logA_j) z_{j-1} + B_j`` (``z_{-1} = init``, default 0); ``logA``
+    ``(J,)``, ``B`` ``(J, ...)``. ``reverse=True``: ``z_j = exp(logA_j) z_{j+1} + B_j``
+    from the end. Factors are given by their logarithms (never ``log 0``: underflowing
+    decays stay finite in the gradient).
+
+    Two lowerings of the same recurrence, chosen per platform when compiled
+    (``lax.platform_dependent``): on CPU a sequential ``lax.scan`` (fastest there); on
+    accelerators a blocked form with no sequential loop (:func:`_linrec_blocked`)."""
+    if reverse:
+        return _linrec(logA[::-1], B[::-1], init, False, C)[::-1]
+    z0 = jnp.zeros(B.shape[1:], B.dtype) if init is None else jnp.broadcast_to(jnp.asarray(init, B.dtype), B.shape[1:])
+    return jax.lax.platform_dependent(logA, B, z0, cpu=_linrec_scan, default=functools.partial(_linrec_blocked, C=C))
+
+
+def _linrec_scan(logA, B, z0):
+    def step(z, ab):
+        la, b = ab
+        z = jnp.exp(la).reshape(la.shape + (1,) * b.ndim) * z + b
+        return z, z
+
+    return jax.lax.scan(step, z0, (logA, B))[1]
+
+
+def _linrec_blocked(logA, B, z0, C=_BLOCK):
+    """Inside blocks of ``C`` steps the recurrence is one masked ``C x C`` matrix of decay
+    products (:func:`_segment_logs`) applied to ``B``; the block ends obey the same
+    recurrence over ``J / C`` blocks and are solved by recursion: depth ``log_C J``,
+    work ``O(J C)``."""
+    J = logA.shape[0]
+    tail = B.shape[1:]
+    C = max(2, min(C, J))
+    nb = -(-J // C)
+    pad = nb * C - J
+    la = jnp.concatenate([logA, jnp.zeros((pad,), logA.dtype)]).reshape(nb, C)
+    Bb = jnp.concatenate([B, jnp.zeros((pad,) + tail, B.dtype)]).reshape((nb, C) + tail)
+    local = jnp.einsum("bji,bi...->bj...", _lower(_segment_logs(la)), Bb)
+    lead = jnp.exp(jnp.cumsum(la, axis=1))  # (nb, C): product of the factors up to j in its block
+    if nb == 1:
+        starts = z0[None]
+    else:
+        ends = _linrec_blocked(jnp.sum(la, axis=1), local[:, -1], z0, C)
+        starts = jnp.concatenate([z0[None], ends[:-1]])
+    ex = (slice(None), slice(None)) + (None,) * len(tail)
+    z = local + lead[ex] * starts[:, None]
+    return z.reshape((nb * C,) + tail)[:J]
+
+
+def _cummax(x, init):
+    """Running maximum of ``x`` ``(J,)`` starting from ``init`` (``lax.cummax`` on
+    accelerators, a sequential scan on CPU)."""
+    init = jnp.asarray(init, x.dtype)
+
+    def scan(x, init):
+        return jax.lax.scan(lambda c, e: (jnp.maximum(c, e), jnp.maximum(c, e)), init, x)[1]
+
+    return jax.lax.platform_dependent(x, init, cpu=scan, default=lambda x, init: jnp.maximum(jax.lax.cummax(x), init))
 
 
 def _shift_right(z, first=None):
@@ -344,44 +425,50 @@ _GL = (float(0.5 - 0.5 / np.sqrt(3.0)), float(0.5 + 0.5 / np.sqrt(3.0)))
 
 
 def _y_coeffs(P, a0, P1, P2, g, n_sub, end=1.0):
-    """:func:`_y_coeffs_n` with ``n_sub`` and ``n_sub / 2`` sub-steps combined by Richardson
-    extrapolation (the single mesh is second order; the combination fourth order)."""
-    if n_sub < 2:
-        return _y_coeffs_n(P, a0, P1, P2, g, n_sub, end)
-    f = _y_coeffs_n(P, a0, P1, P2, g, n_sub, end)
-    h = _y_coeffs_n(P, a0, P1, P2, g, n_sub // 2, end)
-    r = (n_sub / (n_sub // 2)) ** 2
-    return tuple((r * x - y) / (r - 1.0) for x, y in zip(f, h))
-
-
-def _y_coeffs_n(P, a0, P1, P2, g, n_sub, end=1.0):
-    """Scalar coefficients of ``y(end) = Phi y0 + c1 Y1 + c2 (Y2 - Y1)`` for the read-out
-    ``tau_y y' = g e^{-kH s}(Y1 + (Y2 - Y1) e^{-s/tau_h}) - a(s) y`` on ``[0, end]``.
-    Arrays broadcast; ``end`` may be an array of the same shape."""
+    """Scalar coefficients ``(log Phi, c1, c2)`` of ``y(end) = Phi y0 + c1 Y1 + c2 (Y2 - Y1)``
+    for the read-out ``tau_y y' = g e^{-kH s}(Y1 + (Y2 - Y1) e^{-s/tau_h}) - a(s) y`` on
+    ``[0, end]``, each sub-step an exponential step with the mean shunt (two-point
+    Gauss--Legendre on the exact ``a(s)``) and the exact forcing integral. Two meshes,
+    ``n_sub`` and ``n_sub / 2`` sub-steps, are combined by Richardson extrapolation (each
+    is second order, the combination fourth order; ``log Phi`` is extrapolated in the
+    exponent). Arrays broadcast; ``end`` may be an array of the same shape."""
     kH = P.decay_H
     r2 = kH + 1.0 / P.tau_h
-    end = jnp.asarray(end, P.tau_h.dtype)
+    dtype = P.tau_h.dtype
+    end = jnp.asarray(end, dtype)
     shape = jnp.broadcast_shapes(jnp.shape(a0), jnp.shape(end), jnp.shape(P1), jnp.shape(g))
     end = jnp.broadcast_to(end, shape)
+    ns = (n_sub, n_sub // 2) if n_sub >= 2 else (n_sub,)
     # the mesh is a numerical choice: held out of the gradient (grad = grad of the
     # discretisation on a fixed mesh; no 1/a^2 blow-up where a is ~0)
-    edges = jax.lax.stop_gradient(_mesh(P, n_sub, end, _a_of_s(end, a0, P1, P2, P, g)))
-    zero = jnp.zeros(shape, P.tau_h.dtype)
-
-    def step(carry, e):  # one sub-step (a lax.scan keeps the compiled graph small)
-        logphi, c1, c2 = carry
-        s0, dt = e[0], e[1] - e[0]
-        abar = 0.5 * sum(_a_of_s(s0 + x * dt, a0, P1, P2, P, g) for x in _GL)
-        x = jnp.maximum(abar, 0.0) * dt / P.tau_y
-        decay = jnp.exp(-x)
-        w = g * dt / P.tau_y
-        c1 = decay * c1 + w * jnp.exp(-kH * s0) * _dd(kH * dt, x)
-        c2 = decay * c2 + w * jnp.exp(-r2 * s0) * _dd(r2 * dt, x)
-        return (logphi - x, c1, c2), None
-
-    e = jnp.moveaxis(edges, -1, 0)
-    (logphi, c1, c2), _ = jax.lax.scan(step, (zero, zero, zero), jnp.stack([e[:-1], e[1:]], axis=1))
-    return jnp.exp(logphi), c1, c2
+    a_end = _a_of_s(end, a0, P1, P2, P, g)
+    edges = [jax.lax.stop_gradient(_mesh(P, n, end, a_end)) for n in ns]
+    # every sub-step's mean shunt and forcing integral depend only on the mesh and the
+    # exact a(s), not on y: both meshes' sub-steps are computed at once, and the linear
+    # recurrence over sub-steps is summed in closed form (suffix sums of the exponents),
+    # so there is no sequential loop
+    s0 = jnp.concatenate([e[..., :-1] for e in edges], axis=-1)
+    dt = jnp.concatenate([jnp.diff(e, axis=-1) for e in edges], axis=-1)
+    ex = lambda z: jnp.broadcast_to(z, shape)[..., None]  # noqa: E731
+    a0_, P1_, P2_, g_ = ex(a0), ex(P1), ex(P2), ex(g)
+    abar = 0.5 * sum(_a_of_s(s0 + x * dt, a0_, P1_, P2_, P, g_) for x in _GL)
+    x = jnp.maximum(abar, 0.0) * dt / P.tau_y
+    w = g_ * dt / P.tau_y
+    b1 = w * jnp.exp(-kH * s0) * _dd(kH * dt, x)
+    b2 = w * jnp.exp(-r2 * s0) * _dd(r2 * dt, x)
+    out, i = [], 0
+    for n in ns:
+        xs, b1s, b2s = x[..., i:i + n], b1[..., i:i + n], b2[..., i:i + n]
+        i += n
+        # sum of the exponents of the sub-steps after each (a reverse cumulative sum,
+        # shifted: no cancellation, and no matmul whose precision an accelerator may lower)
+        after = jnp.concatenate([jnp.cumsum(xs[..., :0:-1], axis=-1)[..., ::-1], jnp.zeros_like(xs[..., :1])], axis=-1)
+        decay = jnp.exp(-after)
+        out.append((-jnp.sum(xs, -1), jnp.sum(b1s * decay, -1), jnp.sum(b2s * decay, -1)))
+    if len(out) == 1:
+        return out[0]
+    r = (ns[0] / ns[1]) ** 2
+    return tuple((r * f - h) / (r - 1.0) for f, h in zip(*out))
 
 
 # ---------------------------------------------------------------------- the episode
@@ -400,8 +487,11 @@ class _Episode(eqx.Module):
     neff: jax.Array  # (J,) (effective) number of tokens written so far
     omega: jax.Array  # (J,) plasticity gain factor exp(sigma - mu) of write windows
     rescale: jax.Array  # (J,) memory rescaling exp(mu_{j-1} - mu_j) at the start of window j
+    S0: State  # state at the start of the first window (zero unless continuing)
+    log_n: jax.Array  # () log (effective) number of tokens written by the end
     sched: Schedule = eqx.field(static=True)
     normalised_gain: bool = eqx.field(static=True, default=False)
+    continued: bool = eqx.field(static=True, default=False)  # started from a Carry
 
 
 def _read_gain(ep, j_is_read, P1, g):
@@ -413,18 +503,28 @@ def _read_gain(ep, j_is_read, P1, g):
     return jnp.where(j_is_read & (P1 > tiny), 1.0 / jnp.where(P1 > tiny, P1, 1.0), g)
 
 
-def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: bool, normalised_gain: bool = False):
+def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: bool, normalised_gain: bool = False,
+             init: Carry | None = None):
     T, m = lk.shape
     dtype = lk.dtype
-    L = jnp.concatenate([lk, lq], axis=0)[sched.source]
+    start = Carry.zeros(m, v.shape[1], dtype) if init is None else init
+    mu0 = jnp.asarray(start.mu, dtype)
+    ln0 = jnp.asarray(start.log_n, dtype)
+    # the windows' drives in schedule order (static layouts: no gather)
+    L = jnp.stack([lk, lq], axis=1).reshape(2 * T, m) if sched.causal else jnp.concatenate([lk, lq], axis=0)
     tok = jnp.asarray(sched.token)
     valid = jnp.ones((T,), dtype) if mask is None else jnp.asarray(mask).astype(dtype)
     vwin = valid[tok]
     write = jnp.asarray(sched.write, dtype)
     if gain_control:
         # unit total rate x sqrt(m): equal to phi itself for small inputs (phi_j ~ 1/sqrt(m))
-        sigma = jax.nn.logsumexp(L, axis=-1)
-        F = jnp.exp(L - sigma[:, None] + float(0.5 * np.log(m)))
+        # one pass of exp: shifted rates, their total, then the normalised drive
+        top = jax.lax.stop_gradient(jnp.max(L, axis=-1, keepdims=True))
+        top = jnp.where(jnp.isfinite(top), top, 0.0)
+        E = jnp.exp(L - top)
+        tot = jnp.sum(E, axis=-1)
+        sigma = jnp.log(tot) + top[:, 0]  # -inf for a window with no drive at all
+        F = E * (float(np.sqrt(m)) / jnp.where(tot > 0, tot, 1.0))[:, None]
     else:
         sigma = jnp.zeros((L.shape[0],), dtype)
         F = jnp.exp(L) if positive else L
@@ -432,34 +532,32 @@ def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: boo
     # memory log-scale: running max of sigma over valid writes
     sw = jnp.where((write * vwin) > 0, sigma, _FLOOR)
     if gain_control:
-        # running max and log of sum exp(sw - running max) in one sequential scan (cheaper to
-        # compile than the associative forms of cummax / cumlogsumexp)
-        def run(c, x):
-            m0, l0 = c
-            m1 = jnp.maximum(m0, x)
-            l1 = jnp.log(jnp.exp(l0 + m0 - m1) + jnp.exp(x - m1))
-            return (m1, l1), (m1, l1)
-
-        _, (mu, lsum) = jax.lax.scan(run, (jnp.asarray(_FLOOR, dtype), jnp.asarray(-jnp.inf, dtype)), sw)
+        # running max mu and n_j = sum_{i <= j} exp(sw_i - mu_j), i.e. the recurrence
+        # n_j = exp(mu_{j-1} - mu_j) n_{j-1} + exp(sw_j - mu_j)  (no term above 1)
+        mu = _cummax(sw, mu0)
+        mu_prev = _shift_right(mu, mu0)
+        lsum = jnp.log(_linrec(mu_prev - mu, jnp.exp(sw - mu), jnp.exp(ln0)))
     else:
         mu = jnp.zeros_like(sigma)
-    mu_prev = _shift_right(mu, _FLOOR) if gain_control else mu
+        mu_prev = mu
     omega = jnp.where(write * vwin > 0, jnp.exp(jnp.minimum(sigma - mu, 0.0)), 0.0)
     rescale = jnp.exp(jnp.minimum(mu_prev - mu, 0.0))
     if gain_control:
         # effective number of tokens written: sum of their plasticity gains exp(sigma - mu)
         nwritten = jnp.exp(lsum)
     else:
-        nwritten = jnp.cumsum(write * vwin)
+        nwritten = jnp.exp(ln0) + jnp.cumsum(write * vwin)
     gain = jnp.where(write > 0, 0.0, 1.0 / jnp.maximum(nwritten, 1.0))
     V = jnp.zeros((L.shape[0], v.shape[1]), dtype).at[jnp.asarray(sched.write_idx)].set(v)
-    return _Episode(F, sigma, mu, v, V, vwin, gain, jnp.maximum(nwritten, 1.0), omega, rescale, sched, normalised_gain)
+    S0 = jax.tree.map(lambda x: jnp.asarray(x, dtype), start.state)
+    return _Episode(F, sigma, mu, v, V, vwin, gain, jnp.maximum(nwritten, 1.0), omega, rescale, S0,
+                    jnp.log(nwritten[-1]), sched, normalised_gain, init is not None)
 
 
 # ------------------------------------------------------------------------- fast path
 
 
-def _bidirectional_reads(P, ep: _Episode, par):
+def _bidirectional_reads(P, ep: _Episode):
     """Linear-attention form: every read sees the memory left at the end of writing,
     decayed by the valid read windows since. Recurrences over windows run in the
     projected (Dv- or 1-dimensional) spaces."""
@@ -470,7 +568,8 @@ def _bidirectional_reads(P, ep: _Episode, par):
     dtype = F.dtype
     c = jnp.exp(-1.0 / P.tau_h)
     cw = jnp.where(vw > 0, c, 1.0)
-    cr = jnp.where(vr > 0, c, 1.0)
+    lw = -vw / P.tau_h  # log cw
+    lr = -vr / P.tau_h  # log cr
     IH1, IH2 = _write_integrals(P.decay_H, P.tau_h, d)
     Ip1, Ip2 = _write_integrals(P.decay_p, P.tau_h, d)
     gH = P.eta_H / P.tau_H
@@ -480,16 +579,17 @@ def _bidirectional_reads(P, ep: _Episode, par):
     u = (gH * om * jnp.exp(-P.decay_H * A))[:, None] * ep.v
     up = gp * om * jnp.exp(-P.decay_p * A)
     # sum_i u_i h0_i^T = sum_l (1 - c_l) Z_l F_l^T,  Z_l = u_{l+1} + c_{l+1} Z_{l+1}
-    Z = _shift_left(_affine_scan(cw, u, reverse=True, parallel=par))
-    Zp = _shift_left(_affine_scan(cw, up, reverse=True, parallel=par))
+    Zs = _shift_left(_linrec(lw, jnp.concatenate([u, up[:, None]], axis=1), reverse=True))
+    Z, Zp = Zs[:, :-1], Zs[:, -1]
     Hmem = ((IH1 - IH2) * u + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
     pmem = ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp) @ Fw  # (m,)
-    Q = _shift_left(jax.lax.scan(lambda c, x: (c * x, c * x), jnp.ones((), dtype), cw, reverse=True)[1]).at[-1].set(1.0)
+    Q = jnp.exp(jnp.concatenate([jnp.cumsum(lw[:0:-1])[::-1], jnp.zeros((1,), dtype)]))  # prod_{l > j} cw_l
     h_last = ((1.0 - cw) * Q) @ Fw
     FrH, Frp = Fr @ Hmem.T, Fr @ pmem
-    from_F = 1.0 - cr
-    X = _shift_right(_affine_scan(cr, from_F[:, None] * FrH, Hmem @ h_last, parallel=par), Hmem @ h_last)
-    Xp = _shift_right(_affine_scan(cr, from_F * Frp, pmem @ h_last, parallel=par), pmem @ h_last)
+    from_F = -jnp.expm1(lr)  # 1 - cr
+    x0 = jnp.concatenate([Hmem @ h_last, (pmem @ h_last)[None]])
+    Xs = _shift_right(_linrec(lr, from_F[:, None] * jnp.concatenate([FrH, Frp[:, None]], axis=1), x0), x0)
+    X, Xp = Xs[:, :-1], Xs[:, -1]
     B = jnp.cumsum(vr) - vr  # valid read windows before each read
     dH = jnp.exp(-P.decay_H * B)[:, None]
     dp = jnp.exp(-P.decay_p * B)
@@ -536,13 +636,13 @@ def _causal_reads(P, ep: _Episode, C: int):
     def chunk(carry, xs):
         h_end, Hc, pc, mu_c = carry
         Fc, vc, sc, muc, val = xs  # the plasticity factors exp(sigma - mu) enter through `base`
-        cw = jnp.where(val > 0, c, 1.0)
+        lc = -val / P.tau_h  # log c_i of each window (0 for skipped ones)
+        cw = jnp.exp(lc)
         # hidden rates at window starts: h0_j = prod_{i<j} c_i h_end + sum_{l<j} (1-c_l) prod_{l<i<j} c_i F_l
-        E = jnp.where(jj[:, None] > jj[None, :], cw[:, None], 1.0)
-        CP = _cum(jnp.multiply, E, jnp.ones((n,), dtype))  # CP[j, l] = prod_{l<i<=j} c_i
+        CP = _lower(_segment_logs(lc))  # [j, l]: prod_{l<i<=j} c_i
         CPs = jnp.concatenate([jnp.ones((1, n), dtype), CP[:-1]], axis=0)  # prod_{l<i<j}
-        Mh = jnp.where(lower, (1.0 - cw)[None, :] * CPs, 0.0)
-        ex = jnp.concatenate([jnp.ones((1,), dtype), _cum(jnp.multiply, cw, jnp.ones((), dtype))[:-1]])
+        Mh = jnp.where(lower, -jnp.expm1(lc)[None, :] * CPs, 0.0)
+        ex = jnp.exp(jnp.cumsum(lc) - lc)  # prod_{i<j} c_i
         h0 = Mh @ Fc + ex[:, None] * h_end[None, :]
         h_end_new = cw[-1] * h0[-1] + (1.0 - cw[-1]) * Fc[-1]
         Fk, Fq, h0w, h0r = Fc[0::2], Fc[1::2], h0[0::2], h0[1::2]
@@ -550,7 +650,7 @@ def _causal_reads(P, ep: _Episode, C: int):
         sk = sc[0::2]
         mu_t = muc[1::2]  # scale in force at each read
         mu_e = muc[-1]
-        Vc = _cum(jnp.add, val, jnp.zeros((), dtype))
+        Vc = jnp.cumsum(val)
         lag = Vc[1::2][:, None] - Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
         G = jnp.concatenate([Fq, h0r]) @ jnp.concatenate([Fk, h0w]).T  # (2C, 2C)
         GFF, GF0, G0F, G00 = G[:C, :C], G[:C, C:], G[C:, :C], G[C:, C:]
@@ -591,7 +691,7 @@ def _causal_reads(P, ep: _Episode, C: int):
     return z.at[ri].set(Y1), z.at[ri].set(Y2), zs.at[ri].set(P1), zs.at[ri].set(P2)
 
 
-def _readout_stage(P, ep: _Episode, Y1, Y2, P1, P2, n_sub, par):
+def _readout_stage(P, ep: _Episode, Y1, Y2, P1, P2, n_sub):
     """The astrocyte response and the shunted read-out over all windows, given each
     window's memory projections. Returns window-end ``y`` (J, Dv), ``a`` (J,) and the
     fixed-point residual at window ends (J,)."""
@@ -600,17 +700,16 @@ def _readout_stage(P, ep: _Episode, Y1, Y2, P1, P2, n_sub, par):
     g = _read_gain(ep, jnp.asarray(ep.sched.read), P1, ep.gain)
     on = valid > 0
     forced = _a_of_s(1.0, 0.0, P1, P2, P, g)
-    A = jnp.where(on, jnp.exp(-1.0 / P.tau_a), 1.0)
-    a_end = _affine_scan(A, jnp.where(on, forced, 0.0), parallel=par)
-    a0 = _shift_right(a_end)
+    a_end = _linrec(-valid / P.tau_a, jnp.where(on, forced, 0.0), init=ep.S0.a)
+    a0 = _shift_right(a_end, ep.S0.a)
     # read windows: the graded mesh; write windows (no forcing, g = 0): exact decay
     ri = jnp.asarray(ep.sched.read_idx)
-    Phi_r, c1_r, c2_r = _y_coeffs(P, a0[ri], P1[ri], P2[ri], g[ri], n_sub)
-    Phi_w = jnp.exp(-a0 * P.tau_a * -jnp.expm1(-1.0 / P.tau_a) / P.tau_y)
-    Phi = jnp.where(on, Phi_w.at[ri].set(Phi_r), 1.0)
-    c1 = jnp.where(on, jnp.zeros_like(Phi).at[ri].set(c1_r), 0.0)
-    c2 = jnp.where(on, jnp.zeros_like(Phi).at[ri].set(c2_r), 0.0)
-    y_end = _affine_scan(Phi, c1[:, None] * Y1 + c2[:, None] * (Y2 - Y1), parallel=par)
+    lPhi_r, c1_r, c2_r = _y_coeffs(P, a0[ri], P1[ri], P2[ri], g[ri], n_sub)
+    lPhi_w = -a0 * P.tau_a * -jnp.expm1(-1.0 / P.tau_a) / P.tau_y
+    lPhi = jnp.where(on, lPhi_w.at[ri].set(lPhi_r), 0.0)
+    c1 = jnp.where(on, jnp.zeros_like(lPhi).at[ri].set(c1_r), 0.0)
+    c2 = jnp.where(on, jnp.zeros_like(lPhi).at[ri].set(c2_r), 0.0)
+    y_end = _linrec(lPhi, c1[:, None] * Y1 + c2[:, None] * (Y2 - Y1), init=ep.S0.y)
     # relative distance from the instantaneous fixed point y* = g H h / a at the window end
     f_end = g[:, None] * jnp.exp(-P.decay_H) * (Y1 + (Y2 - Y1) * jnp.exp(-1.0 / P.tau_h))
     resid = jnp.linalg.norm(f_end - a_end[:, None] * y_end, axis=-1) / (
@@ -638,8 +737,8 @@ def _window_state(P, S0: State, ep: _Episode, j, s, n_sub):
     P1, P2 = S0.p @ F, S0.p @ S0.h
     Y1, Y2 = S0.H @ F, S0.H @ S0.h
     a = _a_of_s(s, S0.a, P1, P2, P, g)
-    Phi, c1, c2 = _y_coeffs(P, S0.a, P1, P2, g, n_sub, end=jnp.maximum(s, 1e-30))
-    y = Phi * S0.y + c1 * Y1 + c2 * (Y2 - Y1)
+    lPhi, c1, c2 = _y_coeffs(P, S0.a, P1, P2, g, n_sub, end=jnp.maximum(s, 1e-30))
+    y = jnp.exp(lPhi) * S0.y + c1 * Y1 + c2 * (Y2 - Y1)
     new = State(h=h, H=H, p=p, a=a, y=y)
     keep = ep.valid[j] > 0
     return jax.tree.map(lambda x, y0: jnp.where(keep, x, y0), new, S0)
@@ -647,18 +746,16 @@ def _window_state(P, S0: State, ep: _Episode, j, s, n_sub):
 
 def _window_starts(P, ep: _Episode, n_sub):
     """Start state of every window (memory rescaling applied), by carrying the full
-    state window by window."""
-    J, m = ep.F.shape
-    Dv = ep.v.shape[1]
-    j_idx = jnp.arange(J)
+    state window by window from ``ep.S0``; also the state at the end of the last window."""
+    J = ep.F.shape[0]
 
     def step(S, j):
         r = ep.rescale[j]
         S = eqx.tree_at(lambda s: (s.H, s.p), S, (S.H * r, S.p * r))
         return _window_state(P, S, ep, j, 1.0, n_sub), S
 
-    _, starts = jax.lax.scan(step, zero_state(m, Dv, ep.F.dtype), j_idx)
-    return starts
+    end, starts = jax.lax.scan(step, ep.S0, jnp.arange(J))
+    return starts, end
 
 
 def _window_of(ts, J, xp=jnp):
@@ -680,12 +777,12 @@ def _samples(P, ep, starts, ts, fn, n_sub):
 
 
 def _fast(P, ep: _Episode, method: FastPath, saveat: SaveAt):
-    par = method.parallel_scan
     causal = ep.sched.causal
-    recurrent = method.form == "recurrent"
-    starts = None
+    # a continued episode (init memory) and a requested final state use the recurrent form
+    recurrent = method.form == "recurrent" or ep.continued or saveat.final
+    starts = end = None
     if recurrent or saveat.trace or saveat.ts is not None:
-        starts = _window_starts(P, ep, method.n_sub)
+        starts, end = _window_starts(P, ep, method.n_sub)
     if recurrent:
         F = ep.F
         Y1 = jnp.einsum("jvm,jm->jv", starts.H, F)
@@ -697,8 +794,8 @@ def _fast(P, ep: _Episode, method: FastPath, saveat: SaveAt):
     elif causal:
         Y1, Y2, P1, P2 = _causal_reads(P, ep, method.chunk)
     else:
-        Y1, Y2, P1, P2 = _bidirectional_reads(P, ep, par)
-    y_end, a_end, resid, g_used = _readout_stage(P, ep, Y1, Y2, P1, P2, method.n_sub, par)
+        Y1, Y2, P1, P2 = _bidirectional_reads(P, ep)
+    y_end, a_end, resid, g_used = _readout_stage(P, ep, Y1, Y2, P1, P2, method.n_sub)
     ys = None
     if saveat.ts is not None:
         ys = _samples(P, ep, starts, saveat.ts, saveat.fn, method.n_sub)
@@ -708,8 +805,11 @@ def _fast(P, ep: _Episode, method: FastPath, saveat: SaveAt):
         ends = jax.vmap(lambda j: _window_state(P, jax.tree.map(lambda x: x[j], starts), ep, j, 1.0, method.n_sub))(jnp.arange(J))
         trace = Trace(t=jnp.arange(1, J + 1, dtype=ep.F.dtype), h_mean=ends.h.mean(-1), p_sum=ends.p.sum(-1),
                       a=ends.a, y=ends.y)
-    stats = {"n_sub": method.n_sub, "gain": g_used}
-    return y_end, a_end, resid, ys, trace, stats, jnp.asarray(True)
+    stats = {"n_sub": method.n_sub, "gain": g_used, "overlap": P1}
+    final = None
+    if saveat.final:  # h, H, p exact from the recurrence; a and y as the read-out stage has them
+        final = eqx.tree_at(lambda s: (s.a, s.y), end, (a_end[-1], y_end[-1]))
+    return y_end, a_end, resid, ys, trace, stats, jnp.asarray(True), final
 
 
 # ---------------------------------------------------------------------- diffrax path
@@ -783,7 +883,7 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
             ok = ok & (sol.result == diffrax.RESULTS.successful)
         keep = val > 0
         state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), state, start)
-        out = (state.y, state.a, state.H @ state.h, g)
+        out = (state.y, state.a, state.H @ state.h, g, start.p @ f)
         extra = []
         if saveat.trace:
             tr_t = jnp.concatenate([o[0] for o in outs])
@@ -793,9 +893,9 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
             extra.append(samples)
         return (state, nsteps, ok), (out, tuple(extra))
 
-    init = (zero_state(m, Dv, dtype), jnp.asarray(0, jnp.int32), jnp.asarray(True))
-    (_, nsteps, ok), (out, extra) = jax.lax.scan(window, init, xs)
-    y_all, a_all, Hh, g_used = out
+    init = (ep.S0, jnp.asarray(0, jnp.int32), jnp.asarray(True))
+    (end, nsteps, ok), (out, extra) = jax.lax.scan(window, init, xs)
+    y_all, a_all, Hh, g_used, overlap = out
     f_end = g_used[:, None] * Hh
     resid = jnp.linalg.norm(f_end - a_all[:, None] * y_all, axis=-1) / (
         jnp.linalg.norm(f_end, axis=-1) + jnp.finfo(dtype).tiny)
@@ -810,7 +910,7 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
         samples = extra.pop(0)  # list over segments of pytrees (J, K, ...)
         stacked = jax.tree.map(lambda *z: jnp.stack(z, axis=1), *samples)  # (J, nseg, K, ...)
         ys = jax.tree.map(lambda x: x[jnp.asarray(wj), jnp.asarray(seg), jnp.asarray(slot)], stacked)
-    return y_all, a_all, resid, ys, trace, {"num_steps": nsteps, "gain": g_used}, ok
+    return y_all, a_all, resid, ys, trace, {"num_steps": nsteps, "gain": g_used, "overlap": overlap}, ok, (end if saveat.final else None)
 
 
 # ------------------------------------------------------------------------- interface
@@ -832,6 +932,7 @@ def solve(
     *,
     key_mask: jax.Array | None = None,
     positive: bool = True,
+    init: Carry | None = None,
 ) -> Solution:
     """Simulate one head driven by (log) hidden-neuron drives.
 
@@ -850,6 +951,9 @@ def solve(
             skipped (no time passes), so the output at the other tokens equals that of
             the truncated sequence; the read-out at a padded token is the network's
             current read-out.
+        positive: False for signed drives (then ``log_phi_*`` are the drives themselves).
+        init: a :class:`Carry` to continue from (``Solution.final`` of an earlier solve
+            with ``SaveAt(final=True)``); default: a network that has seen nothing.
 
     Returns:
         :class:`Solution`. jit-, vmap- and grad-compatible.
@@ -874,9 +978,16 @@ def solve(
     log_phi_q, v = log_phi_q.astype(dtype), v.astype(dtype)
     finite = _finite_tree(params, v) & jnp.all(jnp.isfinite(log_phi_k) | (log_phi_k == -jnp.inf)) & jnp.all(
         jnp.isfinite(log_phi_q) | (log_phi_q == -jnp.inf))
+    if init is not None and not isinstance(init, Carry):
+        raise TypeError(f"`init` must be a Carry (Solution.final), got {type(init).__name__}")
+    if init is not None and (init.state.H.shape != (v.shape[1], log_phi_k.shape[1])):
+        raise ValueError(f"`init` holds a network with H of shape {init.state.H.shape}, expected "
+                         f"(Dv, m) = {(v.shape[1], log_phi_k.shape[1])}")
     ep = _episode(log_phi_k, log_phi_q, v, key_mask, sched, protocol.gain_control, positive,
-                  protocol.read_gain == "normalised")
-    y_all, a_all, resid, ys, trace, stats, ok = method._solve(params, ep, saveat)
+                  protocol.read_gain == "normalised", init)
+    if init is not None:
+        finite = finite & _finite_tree(init.state)
+    y_all, a_all, resid, ys, trace, stats, ok, end = method._solve(params, ep, saveat)
     ri = sched.read_idx
     y, a_state = y_all[ri], a_all[ri]
     # normalised response: divide by read gain x process write rate x write integral,
@@ -884,6 +995,7 @@ def solve(
     I1 = _write_integrals(params.decay_p, params.tau_h, sched.write_delay)[0]
     stats = dict(stats)
     g = stats.pop("gain")[ri]
+    overlap = stats.pop("overlap")[ri]
     log_norm = jnp.log(g * (params.eta_p / params.tau_p) * I1)
     pos = a_state > 0
     log_a = jnp.where(pos, jnp.log(jnp.where(pos, a_state, 1.0)), -jnp.inf) - log_norm
@@ -894,14 +1006,28 @@ def solve(
     resid = resid[ri]
     stats = dict(stats, fixed_point_residual=jnp.where(valid, resid, 0.0))
     in_range = jnp.all(~valid | ((a > jnp.finfo(dtype).tiny) & jnp.isfinite(a)))
+    # precision of the overlap p . F of each read (the astrocyte's drive): terms lost to
+    # underflow are below `tiny` each (at most m^2 T of them, counting the features of the
+    # query and of every written key), so an overlap above tiny / eps * m^2 T is accurate
+    # to the dtype's precision; below it, the result is flagged instead of silently wrong
+    fi = jnp.finfo(dtype)
+    m = log_phi_k.shape[1]
+    floor = float(fi.tiny) / float(fi.eps) * m * m * T
+    written = jnp.cumsum(jnp.asarray(sched.write, dtype) * ep.valid)[ri] > 0
+    if init is not None:
+        written = written | (jnp.max(jnp.abs(init.state.p)) > 0)
+    drive_ok = jnp.all(~(valid & written) | (overlap > floor)) if positive else jnp.asarray(True)
     result = RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_input)
     result = RESULTS.where((result == RESULTS.successful) & ~ok, RESULTS.max_steps_reached, result)
+    result = RESULTS.where((result == RESULTS.successful) & ~drive_ok, RESULTS.drive_out_of_range, result)
     result = RESULTS.where((result == RESULTS.successful) & ~in_range, RESULTS.response_out_of_range, result)
     tol = method.settle_tol
     if tol is not None:
         settled = jnp.all(jnp.where(valid, resid <= tol, True))
         result = RESULTS.where((result == RESULTS.successful) & ~settled, RESULTS.unsettled, result)
-    return Solution(y=y, a=a, log_a=log_a, ys=ys, trace=trace, stats=stats, result=result)
+    final = None if end is None else Carry(end, ep.mu[-1] if protocol.gain_control else jnp.asarray(_FLOOR, dtype),
+                                           ep.log_n)
+    return Solution(y=y, a=a, log_a=log_a, ys=ys, trace=trace, stats=stats, result=result, final=final)
 
 
 def integrate(params, phi_k, phi_q, v, protocol: Protocol, method: AbstractMethod = FastPath(), *, trace: bool = False):

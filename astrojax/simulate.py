@@ -26,13 +26,14 @@ def head_drives(q, k, fmap: AbstractFeatureMap):
 
 
 def solve_head(fmap: AbstractFeatureMap, params, q, k, v, protocol: Protocol, method: AbstractMethod,
-               saveat: SaveAt = SaveAt(), key_mask=None):
+               saveat: SaveAt = SaveAt(), key_mask=None, init=None):
     """One head through :func:`astrojax.integrate.solve` on already-validated inputs,
-    no defaults. Returns the :class:`~astrojax.integrate.Solution`."""
+    no defaults (``init``: a :class:`~astrojax.integrate.Carry` to continue from).
+    Returns the :class:`~astrojax.integrate.Solution`."""
     dk, dq, positive = head_drives(q, k, fmap)
     if not positive and protocol.gain_control:
         protocol = dataclasses.replace(protocol, gain_control=False)
-    return solve(params, dk, dq, v, protocol, method, saveat, key_mask=key_mask, positive=positive)
+    return solve(params, dk, dq, v, protocol, method, saveat, key_mask=key_mask, positive=positive, init=init)
 
 
 def simulate_head(fmap: AbstractFeatureMap, params, q, k, v, protocol: Protocol, method, key_mask=None):

@@ -17,6 +17,7 @@ import time
 from typing import Optional
 
 from ._io import load_inputs
+from .astro.simulate import LiRinzelSimConfig
 from ._config import ConfigError, MethodKeys, ParamsConfig, Schema, method_from_config, option, path_or_null, run_in_hydra_dir, to_config
 
 __all__ = ["SimulateConfig", "SimulationError", "run_simulate", "simulate_job", "load_inputs"]
@@ -56,10 +57,18 @@ class SimulateConfig(MethodKeys, Schema):
                                    help="an .npz with q (T,D), k (T,D), v (T,Dv), optional W (m,D); sizes from it")
     x64: bool = option(False, help="float64 everywhere")
     trace: bool = option(True, help="save time courses and episode.png")
+    astrocyte: str = option("rate", choices=("rate", "li_rinzel"),
+                            help="rate (the paper's) | li_rinzel (calcium; settings under li_rinzel.)")
+    li_rinzel: LiRinzelSimConfig = option(factory=LiRinzelSimConfig,
+                                          help="astrocyte=li_rinzel: the head with Li-Rinzel processes (ms)")
 
 
 def check_simulate_files(c: SimulateConfig, run_dir=None) -> None:
     """The pre-flight's file check: ``inputs`` holds a usable episode."""
+    if c.astrocyte == "li_rinzel":
+        from .astro.simulate import check_li_rinzel_simulate
+
+        check_li_rinzel_simulate(c)
     if c.inputs is not None:
         load_inputs(c.inputs)
 
@@ -96,6 +105,13 @@ def run_simulate(cfg, out_dir: str) -> dict:
     Returns the metrics dict (also written to ``out_dir/metrics.json``).
     """
     c = to_config(SimulateConfig, cfg)
+    if c.astrocyte == "li_rinzel":
+        from .astro.simulate import LiRinzelSimulationError, run_li_rinzel_simulate
+
+        try:
+            return run_li_rinzel_simulate(c, out_dir)
+        except LiRinzelSimulationError as e:
+            raise SimulationError(str(e)) from None
 
     import jax
 

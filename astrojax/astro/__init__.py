@@ -1,7 +1,5 @@
 """Biophysical astrocytes: Li--Rinzel calcium dynamics as in NEST's ``astrocyte_lr_1994``.
 
-Self-contained (it does not use the neuron--astrocyte attention network):
-
 - :mod:`astrojax.astro.li_rinzel`: the model (equations, parameters, references) and its
   Diffrax simulation;
 - :mod:`astrojax.astro.oscillations`: steady state, Hopf points and oscillation features
@@ -9,7 +7,12 @@ Self-contained (it does not use the neuron--astrocyte attention network):
 - :mod:`astrojax.astro.fluorescence`: a GCaMP-like observation model (calcium -> dF/F);
 - :mod:`astrojax.astro.fit_imaging`: synthetic imaging recordings and the gradient-based
   least-squares fit of Li--Rinzel parameters to dF/F, with standard errors and an
-  identifiability check.
+  identifiability check;
+- :mod:`astrojax.astro.network`: an attention head whose astrocyte processes are
+  Li--Rinzel compartments (IP3 produced by hidden-neuron activity, calcium-dependent
+  gliotransmitter shunting the outputs);
+- :mod:`astrojax.astro.app` and :mod:`astrojax.astro.simulate`: the ``astrocyte=li_rinzel``
+  jobs of ``astrojax record``, ``fit`` and ``simulate``.
 """
 from .fluorescence import FluorescenceTrace, IndicatorParams, bound_fraction, observe_fluorescence
 from .fit_imaging import (
@@ -23,6 +26,7 @@ from .fit_imaging import (
     synthesize_imaging,
 )
 
+from .network import LiRinzelHead, LiRinzelHeadParams, LiRinzelHeadSolution, LiRinzelMethod, solve_li_rinzel_head
 from .oscillations import hopf_points, oscillation_features, steady_state, steady_state_eigenvalues
 from .li_rinzel import (
     NEST_DEFAULTS,
@@ -70,4 +74,9 @@ __all__ = [
     "load_recording",
     "fit_imaging",
     "IDENTIFIABLE",
+    "LiRinzelHead",
+    "LiRinzelHeadParams",
+    "LiRinzelHeadSolution",
+    "LiRinzelMethod",
+    "solve_li_rinzel_head",
 ]

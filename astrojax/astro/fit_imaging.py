@@ -599,9 +599,13 @@ def fit_imaging(
     w, V = np.linalg.eigh(fim)
     tiny = max(float(w.max()), 1.0) * 1e-14
     inv_w = np.where(w > tiny, 1.0 / np.maximum(w, tiny), np.inf)
-    with np.errstate(invalid="ignore"):
-        cov = (V * inv_w) @ V.T
-        var = np.where(np.any((V**2 > 1e-6) & np.isinf(inv_w)[None, :], axis=1), np.inf, np.diag(cov))
+    # a parameter that enters an exactly flat direction gets infinite variance; the others
+    # keep the covariance of the determined directions (no inf * 0 = NaN)
+    flat_param = np.any((V**2 > 1e-6) & np.isinf(inv_w)[None, :], axis=1)
+    cov = (V * np.where(np.isinf(inv_w), 0.0, inv_w)) @ V.T
+    cov[flat_param, :] = np.inf
+    cov[:, flat_param] = np.inf
+    var = np.where(flat_param, np.inf, np.diag(cov))
     se_log = np.sqrt(np.maximum(var, 0.0))
     est = np.exp(np.asarray(logp, np.float64))
     estimate = {n: float(v) for n, v in zip(free, est)}

@@ -81,6 +81,17 @@ def _number_pair(key, value, what):
     return value
 
 
+def _li_rinzel(c: dict) -> bool:
+    """``astrocyte`` (rate | li_rinzel): True for the Li--Rinzel jobs (:mod:`astrojax.astro.app`)."""
+    _choice("astrocyte", c.get("astrocyte", "rate"), ("rate", "li_rinzel"))
+    return c.get("astrocyte") == "li_rinzel"
+
+
+def _rate_keys(c: dict) -> dict:
+    """``c`` without the astrocyte selection and the Li--Rinzel section (and a raw yaml's defaults list)."""
+    return {k: v for k, v in c.items() if k not in ("astrocyte", "li_rinzel", "defaults")}
+
+
 def validate_fit_config(c: dict) -> None:
     """Check a resolved ``fit`` config (plain dict); raise :class:`ConfigError` naming the key."""
     from ..dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
@@ -88,7 +99,11 @@ def validate_fit_config(c: dict) -> None:
     from .model import JACOBIANS
     from .recording import OBSERVABLES
 
-    check_keys(c, FIT_KEYS)
+    if _li_rinzel(c):
+        from ..astro.app import validate_fit
+
+        return validate_fit(c)
+    check_keys(_rate_keys(c), FIT_KEYS)
     _path_or_null("recording", c["recording"], required=True)
     _path_or_null("stimulus", c["stimulus"])
     _name_list("observe", c["observe"], OBSERVABLES, allow_null=True)
@@ -155,7 +170,11 @@ def validate_record_config(c: dict) -> None:
     from .._config import check_params_config
     from .recording import OBSERVABLES
 
-    check_keys(c, RECORD_KEYS)
+    if _li_rinzel(c):
+        from ..astro.app import validate_record
+
+        return validate_record(c)
+    check_keys(_rate_keys(c), RECORD_KEYS)
     _path_or_null("out", c["out"])
     if c["out"] is not None and not c["out"].endswith(".npz"):
         raise ConfigError(f"config key `out`: expected a path ending in .npz, got {c['out']!r}")
@@ -226,6 +245,10 @@ def run_fit(cfg, out_dir: str):
     :class:`~astrojax.fit.FitResult`."""
     c = _container(cfg)
     validate_fit_config(c)
+    if _li_rinzel(c):
+        from ..astro.app import run_fit as run_li_rinzel_fit
+
+        return run_li_rinzel_fit(c, out_dir)
     import jax
 
     if c["x64"]:
@@ -239,7 +262,15 @@ def run_fit(cfg, out_dir: str):
     from .recording import load_recording
 
     dtype = jnp.float64 if c["x64"] else jnp.float32
-    rec = load_recording(_abs(c["recording"]), _abs(c["stimulus"]) if c["stimulus"] else None)
+    from .recording import RecordingError
+
+    try:
+        rec = load_recording(_abs(c["recording"]), _abs(c["stimulus"]) if c["stimulus"] else None)
+    except RecordingError as e:
+        if "key `format`" in str(e):  # the Li-Rinzel imaging format (astrojax.astro.save_recording)
+            raise RecordingError(f"{e} (a calcium-imaging recording of the Li-Rinzel astrocyte? use "
+                                 "astrocyte=li_rinzel)") from None
+        raise
     d_rtol, d_atol = (1e-8, 1e-10) if c["x64"] else (1e-5, 1e-7)
     settings = ODESettings(rtol=c["rtol"] or d_rtol, atol=c["atol"] or d_atol, max_steps=c["max_steps"],
                            jacobian=c["jacobian"])
@@ -344,6 +375,10 @@ def run_record(cfg, out_dir: str):
     """The synthetic-recording job without Hydra; returns the written .npz path."""
     c = _container(cfg)
     validate_record_config(c)
+    if _li_rinzel(c):
+        from ..astro.app import run_record as run_li_rinzel_record
+
+        return run_li_rinzel_record(c, out_dir)
     import jax
 
     if c["x64"]:
