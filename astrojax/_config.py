@@ -418,12 +418,13 @@ def remove_skeleton(out_dir) -> bool:
     return True
 
 
-def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
+def run_in_hydra_dir(command: str, run, cfg, failures=(), input_errors=()) -> None:
     """Body of a Hydra task: ``run(cfg, out_dir)`` in Hydra's run directory; a
-    :class:`ConfigError` exits with status 2 and its message, and each ``(exception type,
-    label)`` in ``failures`` exits with status 1 and ``label: message`` (one line each). A
-    run directory this command created that still holds nothing but what Hydra put there
-    is removed (:func:`remove_skeleton`)."""
+    :class:`ConfigError` exits with status 2 and its message, each ``(exception type,
+    label)`` in ``input_errors`` (bad input files) exits with status 2 and ``label:
+    message``, and each in ``failures`` with status 1 and ``label: message`` (one line
+    each). A run directory this command created that still holds nothing but what Hydra
+    put there is removed (:func:`remove_skeleton`)."""
     import sys
 
     from hydra.core.hydra_config import HydraConfig
@@ -435,65 +436,13 @@ def run_in_hydra_dir(command: str, run, cfg, failures=()) -> None:
         remove_skeleton(out_dir)
         print(f"astrojax {command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except tuple(t for t, _ in input_errors) as e:
+        remove_skeleton(out_dir)
+        label = next(lab for t, lab in input_errors if isinstance(e, t))
+        print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
+        sys.exit(2)
     except tuple(t for t, _ in failures) as e:
         remove_skeleton(out_dir)  # failed before writing anything: leave nothing behind
         label = next(lab for t, lab in failures if isinstance(e, t))
         print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-# ------------------------------------------------ plain-dict checks (fit/app.py uses them)
-
-
-def check_keys(c: dict, keys, prefix: str = "") -> None:
-    """Every key of ``keys`` present in ``c`` and nothing else (``prefix``: ``"section."``)."""
-    unknown = [k for k in c if k not in keys]
-    if unknown:
-        raise ConfigError(f"config key `{prefix}{unknown[0]}`: unknown key; expected one of {list(keys)}")
-    missing = [k for k in keys if k not in c]
-    if missing:
-        raise ConfigError(f"config key `{prefix}{missing[0]}`: missing")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _choice(key, value, choices):
-    if value not in choices:
-        raise ConfigError(f"config key `{key}`: expected one of {list(choices)}, got {value!r}")
-
-
-def _pos_int(key, value, minimum=1):
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"config key `{key}`: expected an integer >= {minimum}, got {value!r}")
-
-
-def _real(key, value, *, positive=False, nonneg=False):
-    if not _is_real(value):
-        raise ConfigError(f"config key `{key}`: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"config key `{key}`: expected a positive number, got {value!r}")
-    if nonneg and value < 0:
-        raise ConfigError(f"config key `{key}`: expected a non-negative number, got {value!r}")
-
-
-def _bool(key, value):
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key `{key}`: expected true or false, got {value!r}")
-
-
-def check_params_config(params, key: str = "params") -> None:
-    """``params`` (a plain dict): a mapping of :class:`~astrojax.NeuronAstrocyteParams` fields."""
-    from .dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
-
-    if not isinstance(params, dict):
-        raise ConfigError(f"config key `{key}`: expected a mapping of {list(PARAM_NAMES)}, got {params!r}")
-    for name, value in params.items():
-        if name not in PARAM_NAMES:
-            raise ConfigError(f"config key `{key}.{name}`: unknown parameter; expected one of {list(PARAM_NAMES)}")
-        _real(f"{key}.{name}", value, positive=name in TIME_CONSTANTS + GAINS, nonneg=name in LEAKS)

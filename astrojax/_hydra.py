@@ -46,6 +46,8 @@ SCHEMAS = {
     "teacher_gpt": "astrojax.teachers._gpt_job:TeacherGPTConfig",
     "train": "astrojax.train.config:TrainConfig",
     "evaluate": "astrojax.train.evaluate_app:EvaluateConfig",
+    "fit": "astrojax.fit.app:FitConfig",
+    "record": "astrojax.fit.app:RecordConfig",
     "generate": "astrojax.train.generate:GenerateConfig",
 }
 
@@ -285,8 +287,6 @@ class HydraCommand:
                     raise ConfigError(f"{config_error(e)} {where}") from None
 
     def _check(self, cfg, run_dir) -> None:
-        from omegaconf import OmegaConf
-
         from ._config import to_config
 
         schema = self._schema()
@@ -345,6 +345,8 @@ class HydraCommand:
             for key, f, t in schema_items(schema):
                 val = OmegaConf.select(cfg, key, throw_on_missing=False)
                 val = OmegaConf.to_container(val) if OmegaConf.is_config(val) else val
+                if val is None and _is_missing(cfg, key):
+                    val = "???"
                 m = f.metadata
                 rule = _rule(m) if m else ""
                 if _choices(m) is None:
@@ -362,6 +364,17 @@ class HydraCommand:
                 lines.append(f"  {key:<{w}}{val:<{v}}{text}".rstrip())
         lines += ["", f"Hydra's own options: {prog} --hydra-help"]
         return "\n".join(lines)
+
+
+def _is_missing(cfg, key: str) -> bool:
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+    try:
+        return OmegaConf.is_config(node) and OmegaConf.is_missing(node, leaf)
+    except Exception:  # noqa: BLE001 - only decorates the help text
+        return False
 
 
 def _show(v) -> str:

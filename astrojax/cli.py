@@ -95,12 +95,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "write a synthetic recording (fit input format) from known parameters: astrojax record out=rec.npz",
         HydraCommand(name="record", config_name="record", task="astrojax.fit.app:record_job",
                      summary="write a synthetic recording (the astrojax fit input format) from known parameters",
-                     check="astrojax.fit.app:validate_record_config")),
+                     check="astrojax.fit.app:check_record_files")),
     "fit": Subcommand(
         "fit biophysical parameters to recorded traces: astrojax fit recording=rec.npz",
         HydraCommand(name="fit", config_name="fit", task="astrojax.fit.app:fit_job",
-                     summary="fit the model's biophysical parameters to recorded traces",
-                     check="astrojax.fit.app:validate_fit_config")),
+                     summary="fit the model's biophysical parameters to recorded traces")),
     "summarize": Subcommand(
         "collect a sweep's jobs into SWEEP_DIR/summary.csv and summary.png: astrojax summarize SWEEP_DIR",
         _summarize),

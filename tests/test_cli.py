@@ -142,8 +142,11 @@ def test_simulate_bad_config_subprocess(tmp_path):
     (["reproduce", "m=1000"], "m"),                       # a list is expected
     (["teacher-digits", "model.num_heads=3"], "model.num_heads"),  # cross-field: must divide d_model
     (["evaluate"], "run"),                                # a required key
-    (["fit", "foo=1"], "foo"),                            # a subcommand without a schema: Hydra's errors too
-    (["record", "noise=-1"], "noise"),                    # ... and its own validator, before any directory
+    (["fit", "foo=1"], "foo"),                            # fit and record: typed schemas too
+    (["fit", "recording=r.npz", "restarts=0"], "restarts"),
+    (["fit", "recording=r.npz", "+bounds.tau_h=[0.5,0.1]"], "bounds.tau_h"),  # a cross-field check
+    (["record", "noise=-1"], "noise"),                    # before any directory
+    (["record", "observe=[a,q]"], "observe[1]"),
 ])
 def test_every_config_error_is_one_line_exit_2(tmp_path, capsys, argv, key):
     assert main([*argv, f"hydra.run.dir={tmp_path}/run"]) == 2

@@ -12,6 +12,7 @@ program. Runs in float64 (tests/conftest.py enables x64).
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -354,35 +355,47 @@ def run_cli(args, cwd):
 
 
 def test_fit_config_errors_name_the_key():
-    from omegaconf import OmegaConf
+    """``fit`` and ``record`` are typed schemas: every bad value is a ConfigError naming its key."""
+    from astrojax._config import ConfigError, to_config
+    from astrojax.fit.app import FitConfig, RecordConfig
 
-    from astrojax._config import ConfigError
-    from astrojax.fit.app import validate_fit_config, validate_record_config
-
-    base = OmegaConf.to_container(OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", "fit.yaml")))
-    base.pop("hydra")
-    base["recording"] = "rec.npz"
-    validate_fit_config(base)
+    base = dict(recording="rec.npz")
+    c = to_config(FitConfig, base)
+    assert c.free == ["tau_h", "tau_a", "tau_y", "eta_H", "eta_p"] and c.params["tau_a"] == 0.1
     cases = {
         "recording": dict(recording="???"),
-        "free": dict(free=["tau_q"]),
+        "free[0]": dict(free=["tau_q"]),
+        "free": dict(free=["tau_h", "tau_h"]),
         "bounds.tau_h": dict(bounds={"tau_h": [0.5, 0.1]}),
         "priors.eta_H": dict(priors={"eta_H": [1.0, 0.5]}, free=["tau_h"]),
-        "params.tau_a": dict(params={**base["params"], "tau_a": -1.0}),
+        "params.tau_a": dict(params={"tau_a": -1.0}),
+        "params.tau_q": dict(params={"tau_q": 1.0}),
         "method": dict(method="newton"),
+        "restarts": dict(restarts=0),
+        "tol": dict(tol=-1e-3),
         "noise.q": dict(noise={"q": 0.1}),
         "extra": dict(extra=1),
     }
     for key, change in cases.items():
-        with pytest.raises(ConfigError, match=rf"config key `{key}`"):
-            validate_fit_config({**base, **change})
-    rbase = OmegaConf.to_container(OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                               "record.yaml")))
-    rbase.pop("hydra")
-    validate_record_config(rbase)
-    for key, change in {"noise": dict(noise=-1), "csv": dict(csv="h"), "out": dict(out="x.txt")}.items():
-        with pytest.raises(ConfigError, match=rf"config key `{key}`"):
-            validate_record_config({**rbase, **change})
+        with pytest.raises(ConfigError, match=rf"config key `{re.escape(key)}`"):
+            to_config(FitConfig, {**base, **change})
+    r = to_config(RecordConfig, {})
+    assert r.observe == ["a", "p", "y"] and r.params.tau_a == 0.25 and r.x64
+    for key, change in {"noise": dict(noise=-1), "csv": dict(csv="h"), "out": dict(out="x.txt"),
+                        "missing": dict(missing=1.0), "params.tau_y": dict(params={"tau_y": 0.0}),
+                        "observe[0]": dict(observe=["q"])}.items():
+        with pytest.raises(ConfigError, match=rf"config key `{re.escape(key)}`"):
+            to_config(RecordConfig, change)
+
+
+def test_cli_fit_record_config_errors_are_one_line_exit_2(tmp_path):
+    """The pre-flight of the typed schemas: one line naming the key, exit 2, nothing on disk."""
+    for args, key in ((["fit", "recording=rec.npz", "+bounds.tau_h=[0.5,0.1]"], "bounds.tau_h"),
+                      (["record", "noise=-1"], "noise")):
+        res = run_cli(args, tmp_path)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and f"config key `{key}`" in lines[0], res.stderr
+        assert not (tmp_path / "runs").exists()
 
 
 def test_cli_record_then_bad_fit(tmp_path):
@@ -403,7 +416,8 @@ def test_cli_record_then_bad_fit(tmp_path):
     res = run_cli(["fit", "recording=broken.npz", "hydra.run.dir=frun"], tmp_path)
     assert res.returncode == 2  # bad input, like a bad config value
     assert "bad recording" in res.stderr and "key `window`: missing" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "frun").exists()  # a refused input leaves no run directory behind
 
 
 @pytest.mark.slow  # ~1 min: a fresh process compiles the float32 LM batch

@@ -21,7 +21,7 @@ def _compose(name, overrides):
 
     from astrojax._hydra import compose
 
-    cfg = compose(name, overrides)
+    cfg = compose(name, overrides, typed=False)  # the plain composed config (the checks are the test)
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -480,6 +480,16 @@ def test_cli_train_prints_its_run_directory_and_a_refusal_keeps_the_run_record(t
     run = tmp_path / "run"
     hydra_files = {f: (run / ".hydra" / f).read_bytes() for f in ("config.yaml", "hydra.yaml", "overrides.yaml")}
     assert "m=8" in hydra_files["overrides.yaml"].decode()
+    # teacher provenance in the metrics file: name, each file's sha256 (checked here independently), config
+    import hashlib
+
+    from astrojax.teachers import minilm_path
+
+    prov = json.loads((run / "metrics.json").read_text())["teacher_provenance"]
+    weights = minilm_path() / "model.safetensors"
+    assert prov["name"] == "all-MiniLM-L6-v2" and prov["config"]["num_hidden_layers"] == 6
+    assert prov["files"]["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert str(minilm_path()) not in json.dumps(prov)  # no machine path
 
     from astrojax.cli import main
 

@@ -17,53 +17,68 @@ import io
 import math
 import os
 import re
-import sys
 import time
 import warnings
 
-from .._config import ConfigError, _bool, _choice, _pos_int, _real, check_keys, run_in_hydra_dir
+import dataclasses
+from typing import Any, Dict, List, Optional
 
-__all__ = ["run_fit", "run_record", "fit_job", "record_job", "validate_fit_config", "validate_record_config"]
+from omegaconf import MISSING
 
-FIT_KEYS = (
-    "recording stimulus observe free params bounds priors noise method restarts seed init_spread max_iters tol "
-    "learning_rate m feature_seed rtol atol max_steps jacobian x64 progress plot"
-).split()
-RECORD_KEYS = (
-    "out seed T D Dv m protocol write_delay window samples_per_window observe per_neuron noise missing "
-    "input_scale params inputs csv x64 rtol atol max_steps plot"
-).split()
+from .._config import ConfigError, ParamsConfig, Schema, option, path_or_null, run_in_hydra_dir, to_config, to_dict
+
+__all__ = ["FitConfig", "RecordConfig", "run_fit", "run_record", "fit_job", "record_job", "check_record_files",
+           "validate_fit_config", "validate_record_config"]
 
 
-def _container(cfg) -> dict:
-    from omegaconf import DictConfig, OmegaConf
+def _observables():
+    from .recording import OBSERVABLES
 
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    c.pop("hydra", None)
-    return c
+    return OBSERVABLES
 
 
-def _path_or_null(key, value, required=False):
-    if value is None or value == "???":
-        if required:
-            raise ConfigError(f"config key `{key}`: missing; give a path, e.g. {key}=PATH")
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"config key `{key}`: expected a path, got {value!r}")
+def _fit_methods():
+    from .solvers import FIT_METHODS
+
+    return FIT_METHODS
 
 
-def _name_list(key, value, allowed, allow_null=False):
-    if value is None and allow_null:
-        return
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"config key `{key}`: expected a non-empty list of names from {list(allowed)}, got {value!r}")
-    for x in value:
-        if x not in allowed:
-            raise ConfigError(f"config key `{key}`: unknown name {x!r}; expected some of {list(allowed)}")
+def _jacobians():
+    from .model import JACOBIANS
+
+    return JACOBIANS
+
+
+def _protocols():
+    from ..protocol import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _extra_names() -> tuple:
+    """Read-out scale and offset of each observable (``scale_a``, ``offset_y``, ...)."""
+    return tuple(f"{k}_{x}" for x in _observables() for k in ("scale", "offset"))
+
+
+def _fit_names() -> tuple:
+    from ..dynamics import PARAM_NAMES
+
+    return PARAM_NAMES + ("W",) + _extra_names()
+
+
+def _distinct(key, value) -> None:
+    """``check=`` for a list of names: no name twice."""
     if len(set(value)) != len(value):
-        raise ConfigError(f"config key `{key}`: names repeat in {value}")
+        raise ConfigError(f"config key `{key}`: names repeat in {list(value)}")
+
+
+def _finite(key, value, *, positive=False, nonneg=False) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ConfigError(f"config key `{key}`: expected a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"config key `{key}`: expected a positive number, got {value!r}")
+    if nonneg and value < 0:
+        raise ConfigError(f"config key `{key}`: expected a non-negative number, got {value!r}")
 
 
 def _number_pair(key, value, what):
@@ -72,140 +87,176 @@ def _number_pair(key, value, what):
         if set(value) - set(keys):
             raise ConfigError(f"config key `{key}`: expected keys {list(keys)}, got {sorted(value)}")
         value = [value.get(keys[0]), value.get(keys[1])]
-    if not isinstance(value, list) or len(value) != 2:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
         form = "[lower, upper] (null for an open side)" if what == "bounds" else "[mean, std]"
         raise ConfigError(f"config key `{key}`: expected {form}, got {value!r}")
     for v in value:
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
             raise ConfigError(f"config key `{key}`: expected numbers or null, got {value!r}")
-    return value
+    return list(value)
 
 
-def _li_rinzel(c: dict) -> bool:
-    """``astrocyte`` (rate | li_rinzel): True for the Li--Rinzel jobs (:mod:`astrojax.astro.app`)."""
-    _choice("astrocyte", c.get("astrocyte", "rate"), ("rate", "li_rinzel"))
-    return c.get("astrocyte") == "li_rinzel"
+def _default_fit_params() -> dict:
+    return dict(tau_h=0.1, tau_H=1.0, tau_p=1.0, tau_a=0.1, tau_y=0.1, eta_H=1.0, eta_p=1.0, lambda_H=0.0,
+                lambda_p=0.0)
 
 
-def _rate_keys(c: dict) -> dict:
-    """``c`` without the astrocyte selection and the Li--Rinzel section (and a raw yaml's defaults list)."""
-    return {k: v for k, v in c.items() if k not in ("astrocyte", "li_rinzel", "defaults")}
+@dataclasses.dataclass
+class FitConfig(Schema):
+    """``astrojax fit recording=PATH``: fit the model's biophysical parameters to a recording
+    (time constants in windows)."""
+
+    astrocyte: str = option("rate", choices=("rate", "li_rinzel"),
+                            help="rate (the attention model) | li_rinzel (calcium imaging: the li_rinzel.* keys)")
+    li_rinzel: Dict[str, Any] = option(factory=dict, help="settings of astrocyte=li_rinzel (conf/li_rinzel/fit.yaml)")
+    recording: str = option(MISSING, check=path_or_null,
+                            help=".npz recording, or a single-trace .csv (header t,<x>) with `stimulus`")
+    stimulus: Optional[str] = option(None, check=path_or_null, help=".npz with the stimulus keys (for a .csv)")
+    observe: Optional[List[str]] = option(None, choices=_observables, each=True, nonempty=True, check=_distinct,
+                                          help="variables to fit (null: all in the recording)")
+    free: List[str] = option(factory=lambda: ["tau_h", "tau_a", "tau_y", "eta_H", "eta_p"], choices=_fit_names,
+                             each=True, nonempty=True, check=_distinct,
+                             help="free parameters (also W, scale_<x>, offset_<x>)")
+    params: Dict[str, float] = option(factory=_default_fit_params,
+                                      help="initial values of free parameters, values of fixed ones")
+    bounds: Dict[str, Any] = option(factory=dict, help="name: [lower, upper] (null: open side)")
+    priors: Dict[str, Any] = option(factory=dict, help="name: [mean, std] Gaussian prior; W: [null, std]")
+    noise: Dict[str, Any] = option(factory=dict, help="x: known noise std (data units); others estimated")
+    method: str = option("lm", choices=_fit_methods, help="lm (Levenberg-Marquardt) | gauss_newton | adam")
+    restarts: int = option(8, ge=1, help="starting points, optimised as one vmapped batch")
+    seed: int = option(0, ge=0, help="seed of the restarts' starting points")
+    init_spread: float = option(0.5, gt=0.0, help="restart perturbation (log / unconstrained units)")
+    max_iters: int = option(200, ge=1, help="LM/GN iterations or Adam steps")
+    tol: Optional[float] = option(None, gt=0.0, help="LM/GN tolerance (null: 1e-5 float32, 1e-8 x64)")
+    learning_rate: float = option(0.02, gt=0.0, help="adam step size")
+    m: int = option(16, ge=1, help="hidden neurons if the recording has no W")
+    feature_seed: int = option(0, ge=0, help="seed of W when the recording has none")
+    rtol: Optional[float] = option(None, gt=0.0, help="ODE relative tolerance (null: 1e-5 / 1e-8 with x64)")
+    atol: Optional[float] = option(None, gt=0.0, help="ODE absolute tolerance (null: 1e-7 / 1e-10 with x64)")
+    max_steps: int = option(16384, ge=1, help="ODE step limit per episode")
+    jacobian: str = option("fwd", choices=_jacobians, help="fwd (forward mode) | bwd (reverse mode)")
+    x64: bool = option(False, help="float64 everywhere")
+    progress: bool = option(True, help="tqdm progress bar")
+    plot: bool = option(True, help="fit_<x>.png and history.png")
+
+    def validate(self, key):
+        from ..dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
+
+        if self.astrocyte == "li_rinzel":  # its own section, checked by its module
+            from ..astro.app import validate_fit
+
+            return validate_fit(to_dict(self))
+        extra = _extra_names()
+        names = _fit_names()
+        for n, v in self.params.items():
+            if n not in PARAM_NAMES + extra:
+                raise ConfigError(f"config key `{key('params')}.{n}`: unknown parameter; expected one of "
+                                  f"{list(PARAM_NAMES + extra)}")
+            _finite(f"{key('params')}.{n}", v, positive=n in TIME_CONSTANTS + GAINS or n.startswith("scale_"),
+                    nonneg=n in LEAKS)
+        for sec in ("bounds", "priors"):
+            for n, v in getattr(self, sec).items():
+                k = f"{key(sec)}.{n}"
+                if n not in names:
+                    raise ConfigError(f"config key `{k}`: unknown parameter; expected one of {list(names)}")
+                if n not in self.free:
+                    raise ConfigError(f"config key `{k}`: `{n}` is not free (free: {list(self.free)})")
+                lo, hi = _number_pair(k, v, sec)
+                if sec == "bounds":
+                    if n == "W":
+                        raise ConfigError(f"config key `{k}`: the weights W are unbounded; use a prior instead")
+                    if lo is not None and hi is not None and not lo < hi:
+                        raise ConfigError(f"config key `{k}`: lower bound {lo} must be less than upper bound {hi}")
+                    if lo is not None and lo < 0 and not n.startswith("offset_"):
+                        raise ConfigError(f"config key `{k}`: lower bound {lo} < 0, but `{n}` is non-negative")
+                else:
+                    if hi is None or hi <= 0:
+                        raise ConfigError(f"config key `{k}`: the standard deviation must be positive, got {hi!r}")
+                    if lo is None and n != "W":
+                        raise ConfigError(f"config key `{k}`: give a mean (only W takes null: its initial weights)")
+        for x, s in self.noise.items():
+            if x not in _observables():
+                raise ConfigError(f"config key `{key('noise')}.{x}`: unknown variable; expected some of "
+                                  f"{list(_observables())}")
+            for v in (s if isinstance(s, (list, tuple)) else [s]):
+                _finite(f"{key('noise')}.{x}", v, positive=True)
 
 
-def validate_fit_config(c: dict) -> None:
-    """Check a resolved ``fit`` config (plain dict); raise :class:`ConfigError` naming the key."""
-    from ..dynamics import GAINS, LEAKS, PARAM_NAMES, TIME_CONSTANTS
-    from .fit import FIT_METHODS
-    from .model import JACOBIANS
-    from .recording import OBSERVABLES
-
-    if _li_rinzel(c):
-        from ..astro.app import validate_fit
-
-        return validate_fit(c)
-    check_keys(_rate_keys(c), FIT_KEYS)
-    _path_or_null("recording", c["recording"], required=True)
-    _path_or_null("stimulus", c["stimulus"])
-    _name_list("observe", c["observe"], OBSERVABLES, allow_null=True)
-    extra = tuple(f"{k}_{x}" for x in OBSERVABLES for k in ("scale", "offset"))
-    names = PARAM_NAMES + ("W",) + extra
-    _name_list("free", c["free"], names)
-    if not isinstance(c["params"], dict):
-        raise ConfigError(f"config key `params`: expected a mapping of parameter values, got {c['params']!r}")
-    for n, v in c["params"].items():
-        if n not in PARAM_NAMES + extra:
-            raise ConfigError(f"config key `params.{n}`: unknown parameter; expected one of {list(PARAM_NAMES + extra)}")
-        pos = n in TIME_CONSTANTS + GAINS or n.startswith("scale_")
-        _real(f"params.{n}", v, positive=pos, nonneg=n in LEAKS)
-    for sec in ("bounds", "priors"):
-        if not isinstance(c[sec], dict):
-            raise ConfigError(f"config key `{sec}`: expected a mapping name -> pair, got {c[sec]!r}")
-        for n, v in c[sec].items():
-            key = f"{sec}.{n}"
-            if n not in names:
-                raise ConfigError(f"config key `{key}`: unknown parameter; expected one of {list(names)}")
-            if n not in c["free"]:
-                raise ConfigError(f"config key `{key}`: `{n}` is not free (free: {c['free']})")
-            lo, hi = _number_pair(key, v, sec)
-            if sec == "bounds":
-                if n == "W":
-                    raise ConfigError(f"config key `{key}`: the weights W are unbounded; use a prior instead")
-                if lo is not None and hi is not None and not lo < hi:
-                    raise ConfigError(f"config key `{key}`: lower bound {lo} must be less than upper bound {hi}")
-                if lo is not None and lo < 0 and n not in ("W",) and not n.startswith("offset_"):
-                    raise ConfigError(f"config key `{key}`: lower bound {lo} < 0, but `{n}` is non-negative")
-            else:
-                if hi is None or hi <= 0:
-                    raise ConfigError(f"config key `{key}`: the standard deviation must be positive, got {hi!r}")
-                if lo is None and n != "W":
-                    raise ConfigError(f"config key `{key}`: give a mean (only W takes null: its initial weights)")
-    if not isinstance(c["noise"], dict):
-        raise ConfigError(f"config key `noise`: expected a mapping variable -> std, got {c['noise']!r}")
-    for x, s in c["noise"].items():
-        if x not in OBSERVABLES:
-            raise ConfigError(f"config key `noise.{x}`: unknown variable; expected some of {list(OBSERVABLES)}")
-        vals = s if isinstance(s, list) else [s]
-        for v in vals:
-            _real(f"noise.{x}", v, positive=True)
-    _choice("method", c["method"], FIT_METHODS)
-    _pos_int("restarts", c["restarts"])
-    _pos_int("seed", c["seed"], 0)
-    _real("init_spread", c["init_spread"], positive=True)
-    _pos_int("max_iters", c["max_iters"])
-    for key in ("tol", "rtol", "atol"):
-        if c[key] is not None:
-            _real(key, c[key], positive=True)
-    _real("learning_rate", c["learning_rate"], positive=True)
-    _pos_int("m", c["m"])
-    _pos_int("feature_seed", c["feature_seed"], 0)
-    _pos_int("max_steps", c["max_steps"])
-    _choice("jacobian", c["jacobian"], JACOBIANS)
-    for key in ("x64", "progress", "plot"):
-        _bool(key, c[key])
+def _default_record_params() -> ParamsConfig:
+    return ParamsConfig(tau_h=0.15, tau_H=1.0, tau_p=1.0, tau_a=0.25, tau_y=0.2, eta_H=1.2, eta_p=0.8)
 
 
-def validate_record_config(c: dict) -> None:
-    """Check a resolved ``record`` config; raise :class:`ConfigError` naming the key."""
-    from ..protocol import PROTOCOLS
-    from .._config import check_params_config
-    from .recording import OBSERVABLES
+def _npz_path(key, value) -> None:
+    path_or_null(key, value)
+    if not value.endswith(".npz"):
+        raise ConfigError(f"config key `{key}`: expected a path ending in .npz, got {value!r}")
 
-    if _li_rinzel(c):
-        from ..astro.app import validate_record
 
-        return validate_record(c)
-    check_keys(_rate_keys(c), RECORD_KEYS)
-    _path_or_null("out", c["out"])
-    if c["out"] is not None and not c["out"].endswith(".npz"):
-        raise ConfigError(f"config key `out`: expected a path ending in .npz, got {c['out']!r}")
-    _pos_int("seed", c["seed"], 0)
-    for key in ("T", "D", "Dv", "m", "samples_per_window", "max_steps"):
-        _pos_int(key, c[key])
-    _choice("protocol", c["protocol"], PROTOCOLS)
-    _real("write_delay", c["write_delay"], nonneg=True)
-    if not c["write_delay"] < 1:
-        raise ConfigError(f"config key `write_delay`: expected a number in [0, 1), got {c['write_delay']!r}")
-    _real("window", c["window"], positive=True)
-    _name_list("observe", c["observe"], OBSERVABLES)
-    _bool("per_neuron", c["per_neuron"])
-    _real("noise", c["noise"], nonneg=True)
-    _real("missing", c["missing"], nonneg=True)
-    if not c["missing"] < 1:
-        raise ConfigError(f"config key `missing`: expected a fraction in [0, 1), got {c['missing']!r}")
-    _real("input_scale", c["input_scale"], positive=True)
-    check_params_config(c["params"])
-    _path_or_null("inputs", c["inputs"])
-    if c["csv"] is not None:
-        obs = c["observe"] if isinstance(c["observe"], list) else [c["observe"]]
-        mt = re.fullmatch(r"(a|p|h|y)(?:_(\d+))?", str(c["csv"]))
-        if not mt or mt.group(1) not in obs:
-            raise ConfigError(f"config key `csv`: expected null or the name of one observed trace (a, p, h, y if Dv=1, "
-                              f"or p_<i>, h_<i>, y_<i>) of observe={obs}, got {c['csv']!r}")
-    for key in ("rtol", "atol"):
-        if c[key] is not None:
-            _real(key, c[key], positive=True)
-    for key in ("x64", "plot"):
-        _bool(key, c[key])
+@dataclasses.dataclass
+class RecordConfig(Schema):
+    """``astrojax record [out=PATH]``: a synthetic recording (the ``astrojax fit`` input
+    format) from known parameters (time constants in windows)."""
+
+    astrocyte: str = option("rate", choices=("rate", "li_rinzel"),
+                            help="rate (the attention model) | li_rinzel (calcium imaging: the li_rinzel.* keys)")
+    li_rinzel: Dict[str, Any] = option(factory=dict, help="settings of astrocyte=li_rinzel (conf/li_rinzel/record.yaml)")
+    out: Optional[str] = option(None, check=_npz_path, help=".npz path to write (null: recording.npz in the run dir)")
+    seed: int = option(0, ge=0, help="inputs, weights, noise and missing samples")
+    T: int = option(4, ge=1, help="tokens (2T windows)")
+    D: int = option(4, ge=1, help="query/key dimension")
+    Dv: int = option(2, ge=1, help="value dimension (output neurons)")
+    m: int = option(8, ge=1, help="hidden neurons")
+    protocol: str = option("bidirectional", choices=_protocols, help="window schedule")
+    write_delay: float = option(0.2, ge=0.0, lt=1.0, help="fraction of a write window before plasticity opens")
+    window: float = option(1.0, gt=0.0, help="length of one window in the recording's time unit")
+    samples_per_window: int = option(20, ge=1, help="samples per window, at bin centres")
+    observe: List[str] = option(factory=lambda: ["a", "p", "y"], choices=_observables, each=True, nonempty=True,
+                                check=_distinct, help="some of a, p, h, y")
+    per_neuron: bool = option(False, help="record p per process and h per neuron (else summed / mean)")
+    noise: float = option(0.05, ge=0.0, help="Gaussian noise std as a fraction of each channel's signal std")
+    missing: float = option(0.0, ge=0.0, lt=1.0, help="fraction of samples replaced by NaN")
+    input_scale: float = option(1.0, gt=0.0, help="q, k, v ~ N(0, input_scale^2)")
+    inputs: Optional[str] = option(None, check=path_or_null, help="an .npz with q (T,D), k (T,D), v (T,Dv), optional W")
+    csv: Optional[str] = option(None, help="also write one trace as CSV: a, p, h, y (Dv=1) or y_<i>, p_<i>, h_<i>")
+    params: ParamsConfig = option(factory=_default_record_params, help="the true parameters")
+    x64: bool = option(True, help="simulate in float64")
+    rtol: Optional[float] = option(None, gt=0.0, help="ODE relative tolerance (null: 1e-10 x64, 1e-6 float32)")
+    atol: Optional[float] = option(None, gt=0.0, help="ODE absolute tolerance (null: 1e-12 x64, 1e-8 float32)")
+    max_steps: int = option(16384, ge=1, help="ODE step limit")
+    plot: bool = option(True, help="recording.png")
+
+    def validate(self, key):
+        if self.astrocyte == "li_rinzel":  # its own section, checked by its module
+            from ..astro.app import validate_record
+
+            return validate_record(to_dict(self))
+        if self.csv is not None:
+            mt = re.fullmatch(r"(a|p|h|y)(?:_(\d+))?", str(self.csv))
+            if not mt or mt.group(1) not in self.observe:
+                raise ConfigError(f"config key `{key('csv')}`: expected null or the name of one observed trace (a, p, "
+                                  f"h, y if Dv=1, or p_<i>, h_<i>, y_<i>) of observe={list(self.observe)}, got "
+                                  f"{self.csv!r}")
+
+
+def validate_fit_config(c) -> FitConfig:
+    """A composed ``fit`` config (dict or DictConfig) as a checked :class:`FitConfig`;
+    :class:`ConfigError` naming the key otherwise."""
+    return to_config(FitConfig, c)
+
+
+def validate_record_config(c) -> RecordConfig:
+    """A composed ``record`` config as a checked :class:`RecordConfig` (see :func:`validate_fit_config`)."""
+    return to_config(RecordConfig, c)
+
+
+def check_record_files(c: RecordConfig, run_dir=None) -> None:
+    """The pre-flight's file checks: ``inputs`` holds a usable episode, ``out`` can be written."""
+    from .._io import check_writable, load_inputs
+
+    if c.inputs is not None:
+        load_inputs(c.inputs)
+    if c.out is not None:
+        check_writable(c.out, "out")
 
 
 # ------------------------------------------------------------------------------ fit
@@ -243,9 +294,8 @@ def run_fit(cfg, out_dir: str):
     ``fit.json``, ``restarts.csv``, ``history.csv``, ``predictions.npz``,
     ``fit_<x>.png``, ``history.png`` and ``config.yaml`` to ``out_dir``. Returns the
     :class:`~astrojax.fit.FitResult`."""
-    c = _container(cfg)
-    validate_fit_config(c)
-    if _li_rinzel(c):
+    c = to_dict(to_config(FitConfig, cfg))
+    if c["astrocyte"] == "li_rinzel":
         from ..astro.app import run_fit as run_li_rinzel_fit
 
         return run_li_rinzel_fit(c, out_dir)
@@ -343,29 +393,12 @@ def _report(res, wall) -> str:
     return "\n".join(lines)
 
 
-def _input_errors_exit_2(command: str, run, failures):
-    """``run`` with each ``(exception type, label)`` of ``failures`` -- bad input files
-    and arguments -- reported as one line ``astrojax <command>: <label>: <message>`` and
-    exit status 2, like a config error."""
-
-    def guarded(cfg, out_dir):
-        try:
-            return run(cfg, out_dir)
-        except tuple(t for t, _ in failures) as e:
-            label = next(lab for t, lab in failures if isinstance(e, t))
-            print(f"astrojax {command}: {label}: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return guarded
-
-
 def fit_job(cfg) -> None:
     """Hydra task of ``astrojax fit``."""
     from .fit import FitError
     from .recording import RecordingError
 
-    run_in_hydra_dir("fit", _input_errors_exit_2("fit", run_fit, ((RecordingError, "bad recording"),
-                                                                  (FitError, "error"))), cfg)
+    run_in_hydra_dir("fit", run_fit, cfg, input_errors=((RecordingError, "bad recording"), (FitError, "error")))
 
 
 # --------------------------------------------------------------------------- record
@@ -373,9 +406,8 @@ def fit_job(cfg) -> None:
 
 def run_record(cfg, out_dir: str):
     """The synthetic-recording job without Hydra; returns the written .npz path."""
-    c = _container(cfg)
-    validate_record_config(c)
-    if _li_rinzel(c):
+    c = to_dict(to_config(RecordConfig, cfg))
+    if c["astrocyte"] == "li_rinzel":
         from ..astro.app import run_record as run_li_rinzel_record
 
         return run_li_rinzel_record(c, out_dir)
@@ -399,7 +431,7 @@ def run_record(cfg, out_dir: str):
     dtype = jnp.float64 if c["x64"] else jnp.float32
     d_rtol, d_atol = (1e-10, 1e-12) if c["x64"] else (1e-6, 1e-8)
     settings = ODESettings(rtol=c["rtol"] or d_rtol, atol=c["atol"] or d_atol, max_steps=c["max_steps"])
-    observe = c["observe"] if isinstance(c["observe"], list) else [c["observe"]]
+    observe = list(c["observe"])
     os.makedirs(out_dir, exist_ok=True)
     out = _abs(c["out"]) if c["out"] else os.path.join(out_dir, "recording.npz")
     check_writable(out, "out")  # before the simulation: a bad path fails at once
@@ -447,5 +479,5 @@ def record_job(cfg) -> None:
     """Hydra task of ``astrojax record``."""
     from .recording import RecordingError
 
-    run_in_hydra_dir("record", _input_errors_exit_2("record", run_record, ((RecordingError, "bad recording"),)), cfg,
-                     failures=((ValueError, "error"),))
+    run_in_hydra_dir("record", run_record, cfg, failures=((ValueError, "error"),),
+                     input_errors=((RecordingError, "bad recording"),))

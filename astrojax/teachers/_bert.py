@@ -179,6 +179,24 @@ class TextTokenizer:
             )
         return ids
 
+    def encode_windows(self, text: str, length: int | None = None) -> list[np.ndarray]:
+        """``text`` as consecutive windows of at most ``length`` (default: the teacher's
+        positions) int32 ids, each ``[CLS] ... [SEP]``: the wordpieces cut into pieces of
+        ``length - 2``, in order, none dropped (the last may be shorter). A text that fits
+        gives ``[encode(text)]``."""
+        length = self.max_positions if length is None else length
+        if not isinstance(length, int) or not 3 <= length <= self.max_positions:
+            raise ValueError(f"`length` must be an integer in [3, {self.max_positions}], got {length!r}")
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise TeacherError("the text is empty (nothing to tokenize)")
+        body = np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+        cls_id, sep_id = self._special("[CLS]"), self._special("[SEP]")
+        n = max(1, -(-len(body) // (length - 2)))
+        return [np.concatenate([[cls_id], body[i * (length - 2):(i + 1) * (length - 2)], [sep_id]]).astype(np.int32)
+                for i in range(n)]
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()

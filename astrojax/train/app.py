@@ -298,10 +298,12 @@ def run_train(cfg, out_dir: str) -> dict:
     first_step = first_step_s(histories[0])
     summary = {"mode": c.pack.mode, "members": []}
     final = None
+    provenance = build.teacher_provenance(teacher)
     for i, (d, mc, s0, s1, before, hist) in enumerate(zip(dirs, configs, students0, students, befores, histories)):
         after = task.evaluate(s1)
         records = MetricsLog.read(d / "metrics.jsonl") if main else hist
-        final = final_metrics(c, teacher.name, method_desc, before, after, records, s1, t_data, t0, first_step)
+        final = final_metrics(c, teacher.name, method_desc, before, after, records, s1, t_data, t0, first_step,
+                              provenance)
         if packed:
             final["pack"] = {"member": i, "members": len(packed), "overrides": overrides[i], "values": packed[i],
                              "parent": ".."}

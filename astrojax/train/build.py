@@ -11,8 +11,8 @@ from pathlib import Path
 from .._config import ConfigError, method_from_config, to_config
 from .config import TrainConfig
 
-__all__ = ["dtype", "method", "task_config", "load_teacher", "make_task", "build_student", "warm_start", "load_run",
-           "init_key"]
+__all__ = ["dtype", "method", "task_config", "load_teacher", "teacher_provenance", "make_task", "build_student",
+           "warm_start", "load_run", "init_key"]
 
 
 def dtype(c: TrainConfig):
@@ -47,6 +47,40 @@ def task_config(c: TrainConfig, meth):
         train_params=tuple(c.train_params), train_projections=c.train_projections, train_all=c.train_all,
         loss_weights=dataclasses.asdict(c.loss), eval_pad=c.data.eval_pad,
     )
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def teacher_provenance(teacher) -> dict:
+    """Which teacher a run learnt from, without machine paths: its name and kind, the
+    sha256 of each of its files (names relative to the teacher's file or directory:
+    weights, config, vocabulary) and its config (an HF ``config.json``, or the digits
+    ViT's saved header)."""
+    import json
+
+    path = Path(str(teacher.info.get("path", "")))
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".txt", ".eqx"))
+    else:
+        files = []
+    config = {k: v for k, v in teacher.info.items() if k != "path"}
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+    return {"name": teacher.name, "kind": teacher.kind, "files": {p.name: _sha256(p) for p in files},
+            "config": config}
 
 
 def load_teacher(c: TrainConfig):

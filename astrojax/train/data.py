@@ -12,14 +12,16 @@
 
   Texts are cut into fixed-length token windows (static shapes: one compile).
 - Held-out text, never used for training: ``astrojax/data/heldout.txt`` (a 102-token
-  paragraph) and ``astrojax/data/heldout_sentences.txt`` (30 short everyday sentences),
-  written for this project, on topics absent from the training corpus.
+  paragraph), ``astrojax/data/heldout_sentences.txt`` (30 short everyday sentences) and
+  ``astrojax/data/prose_*.txt`` (:func:`heldout_prose`: nine pieces of 26-495 tokens of
+  several kinds -- a technical explanation, a narrative, a dialogue, a news report,
+  instructions, a note, a forecast, a review, a letter), written for this project;
+  :func:`training_overlap` checks that none shares a phrase with the training text.
 - Images: scikit-learn's digits (train split for training, test split held out).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from ..teachers._bert import TextTokenizer
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the package's text files
 
 __all__ = ["CORPORA", "training_texts", "training_chunks", "training_sentences", "split_sentences", "heldout_text",
-           "heldout_sentences", "pad_batch"]
+           "heldout_sentences", "heldout_prose", "word_ngrams", "training_overlap", "pad_batch"]
 
 
 from .._corpus import CORPORA, CorpusError, _gensim_data, _news_texts, _pydoc_texts, _review_texts, training_texts  # noqa: E402,F401
@@ -98,6 +100,32 @@ def heldout_text() -> str:
 def heldout_sentences() -> list[str]:
     lines = (DATA_DIR / "heldout_sentences.txt").read_text(encoding="utf-8").splitlines()
     return [ln.strip() for ln in lines if ln.strip()]
+
+
+def heldout_prose() -> dict[str, str]:
+    """The packaged held-out prose (``astrojax/data/prose_*.txt``): ``{kind: text}``,
+    sorted by name (``kind``: the file name without ``prose_`` and ``.txt``)."""
+    return {p.stem.removeprefix("prose_"): p.read_text(encoding="utf-8") for p in sorted(DATA_DIR.glob("prose_*.txt"))}
+
+
+def word_ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words of ``text`` (lower case; words are runs of
+    letters, digits and apostrophes, so punctuation and line breaks do not matter)."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def training_overlap(text: str, corpus: str = "pydoc+news+reviews", n: int = 8) -> list[str]:
+    """The ``n``-word phrases (:func:`word_ngrams`) that ``text`` shares with the
+    training texts of ``corpus`` (default: every corpus training can use), sorted; empty
+    if the text is unseen at that granularity. Held-out text must return ``[]``."""
+    mine = word_ngrams(text, n)
+    if not mine:
+        return []
+    seen: set[tuple[str, ...]] = set()
+    for t in training_texts(corpus):
+        seen |= word_ngrams(t, n) & mine
+    return sorted(" ".join(g) for g in seen)
 
 
 def pad_batch(seqs: list[np.ndarray], length: int, pad_id: int = 0):

@@ -1,8 +1,14 @@
 """The ``astrojax evaluate`` job: held-out metrics of a finished training run.
 
-Per-head ``r(a,Z)`` and median errors of ``a`` and ``y`` on a text (default: the packaged
-held-out paragraph); sentence-embedding cosines for whole-model runs; test accuracy for
-the digits ViT. Writes ``RUN/evaluate.json`` (or ``out=PATH``); nothing else.
+Per-head ``r(a,Z)`` and median errors of ``a`` and ``y`` on held-out text (default: the
+packaged held-out paragraph; ``text=`` a file, a directory of ``.txt`` files or a glob
+pattern), overall and by token position (buckets 1-64, 65-128, 129-256, 257-512); a text
+longer than the teacher's 512 positions is evaluated in consecutive windows. Sentence-
+embedding cosines for whole-model runs; test accuracy for the digits ViT. Writes
+``RUN/evaluate.json`` (or ``out=PATH``); nothing else.
+
+The packaged held-out prose of several kinds: ``text=astrojax/data`` would include the
+older files too; ``text='astrojax/data/prose_*.txt'`` is the set of 26-495-token pieces.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from .._config import ConfigError, Schema, option, path_or_null, run_in_hydra_di
 from .build import load_run, load_teacher
 from .metrics import fmt_summary
 
-__all__ = ["EvaluateConfig", "run_evaluate", "evaluate_job", "check_evaluate_files"]
+__all__ = ["EvaluateConfig", "run_evaluate", "evaluate_job", "check_evaluate_files", "text_files"]
 
 
 @dataclasses.dataclass
@@ -26,7 +32,8 @@ class EvaluateConfig(Schema):
 
     run: str = option(MISSING, check=path_or_null, help="a finished training run directory")
     text: Optional[str] = option(None, check=path_or_null,
-                                 help="UTF-8 text to evaluate on (null: astrojax/data/heldout.txt)")
+                                 help="UTF-8 text file, directory of .txt files or glob pattern to evaluate on "
+                                      "(null: astrojax/data/heldout.txt)")
     out: Optional[str] = option(None, check=path_or_null, help="output JSON (null: RUN/evaluate.json)")
     windows: Optional[int] = option(None, ge=1, help="decoder runs: at most this many held-out windows (null: all)")
 
@@ -40,8 +47,28 @@ def check_evaluate_files(c: EvaluateConfig, run_dir=None) -> None:
     if not os.path.isfile(os.path.join(c.run, "model.eqx")):
         raise ConfigError(f"config key `run`: {c.run} holds no model.eqx (not a finished training run)")
     if c.text is not None:
-        read_text_file(c.text)
+        for path in text_files(c.text):
+            read_text_file(path)
     check_writable(c.out or os.path.join(c.run, "evaluate.json"), "out")
+
+
+def text_files(spec: str) -> list[str]:
+    """The files of ``text=``: the file itself, the ``.txt`` files of a directory (sorted),
+    or the files matching a glob pattern (sorted); :class:`ConfigError` naming ``text`` if
+    there are none."""
+    import glob
+
+    if os.path.isdir(spec):
+        files = sorted(glob.glob(os.path.join(glob.escape(spec), "*.txt")))
+        if not files:
+            raise ConfigError(f"config key `text`: directory {spec} holds no .txt file")
+        return files
+    if glob.has_magic(spec) and not os.path.exists(spec):
+        files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+        if not files:
+            raise ConfigError(f"config key `text`: no file matches {spec!r}")
+        return files
+    return [spec]
 
 
 def run_evaluate(run: str, text: str | None, out: str | None = None, windows: int | None = None) -> dict:
@@ -50,8 +77,10 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
     from .._io import check_writable
     from ..teachers import TeacherError
     from .data import heldout_text, split_sentences
-    from .evaluate import (embedding_cosines, head_fields, nonfinite_warning, print_warning, read_text_file,
-                           summarize_fields, unknown_token_warning)
+    import numpy as np
+
+    from .evaluate import (embedding_cosines, embedding_cosines_ids, evaluate_texts, fmt_by_position,
+                           nonfinite_warning, print_warning, read_text_file, unknown_token_warning)
     from .students import HeadStudents
 
     if run is None:
@@ -62,7 +91,7 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
     if teacher.kind == "causal-text":  # a decoder run: astrojax.train.gpt (per-position metrics and a plot)
         from .gpt import evaluate_decoder, plot_positions
 
-        res = evaluate_decoder(teacher, student, c, text, windows)
+        res = evaluate_decoder(teacher, student, c, None if text is None else text_files(text), windows)
         png = os.path.splitext(out or os.path.join(run, "evaluate.json"))[0] + "_positions.png"
         plot_positions(res, png, title=f"{c.name}: {res['windows']} windows of {res['window_tokens']} characters")
         res["figure"] = os.path.basename(png)
@@ -74,24 +103,27 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
                "teacher_test_accuracy": float(evaluate_digits_vit(teacher.model, x_te, y_te))}
     else:
         if text is None:
-            body, source = heldout_text(), "astrojax/data/heldout.txt"
-        else:
-            body, source = read_text_file(text), text  # one-line ConfigError: missing, binary, not UTF-8
-        try:
-            ids = teacher.tokenizer.encode(body)
-        except TeacherError as e:
-            raise ConfigError(f"config key `text`: {source}: {e}") from None
-        print_warning(unknown_token_warning(teacher.tokenizer, ids, source))
+            bodies, source = {"astrojax/data/heldout.txt": heldout_text()}, "astrojax/data/heldout.txt"
+        else:  # one-line ConfigError: missing, binary, not UTF-8
+            bodies, source = {p: read_text_file(p) for p in text_files(text)}, text
         layers = c.layers if isinstance(student, HeadStudents) else None
-        rows = head_fields(teacher.model, student, ids, layers)
-        res = {"text": source, "tokens": int(len(ids)), "summary": summarize_fields(rows), "per_head": rows}
-        print_warning(nonfinite_warning(res["summary"], rows))
+        for name, body in bodies.items():
+            try:
+                ids = teacher.tokenizer.encode_windows(body)
+            except TeacherError as e:
+                raise ConfigError(f"config key `text`: {name}: {e}") from None
+            print_warning(unknown_token_warning(teacher.tokenizer, np.concatenate(ids), name))
+        ev = evaluate_texts(teacher, student, bodies, layers)
+        res = {"text": source, **ev}
+        print_warning(nonfinite_warning(res["summary"], res["per_head"]))
         if not isinstance(student, HeadStudents):
-            sents = split_sentences(body)
+            sents = [x for body in bodies.values() for x in split_sentences(body)]
             cos = embedding_cosines(teacher.model, student, teacher.tokenizer, sents)
-            whole = embedding_cosines(teacher.model, student, teacher.tokenizer, [body])
+            windows = [w for body in bodies.values() for w in teacher.tokenizer.encode_windows(body)]
+            whole = embedding_cosines_ids(teacher.model, student, windows, teacher.tokenizer.pad_id)
             res["embedding_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min()),
-                                       "sentences": len(sents), "whole_text": float(whole[0])}
+                                       "sentences": len(sents), "whole_text": float(whole.mean()),
+                                       "whole_text_windows": len(windows)}
     from .._io import save_json
 
     path = out or os.path.join(run, "evaluate.json")
@@ -104,6 +136,11 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
     print(f"astrojax evaluate: {run}: {fmt_summary(s)}"
           + (f", embedding cosine {res['embedding_cosine']['mean']:.4f}" if "embedding_cosine" in res else "")
           + f"; wrote {path}")
+    if "by_position" in res:
+        n = len(res["texts"])
+        print(f"  by token position ({n} text{'s' if n > 1 else ''}, {res['tokens']} tokens; medians over heads of "
+              "each head's mean over segments):")
+        print("\n".join(fmt_by_position(res["by_position"])))
     return res
 
 

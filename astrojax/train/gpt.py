@@ -422,11 +422,12 @@ def _f(x):
 # ----------------------------------------------------------------------------- astrojax evaluate
 
 
-def evaluate_decoder(teacher, student, c, text: str | None = None, windows: int | None = None) -> dict:
+def evaluate_decoder(teacher, student, c, text=None, windows: int | None = None) -> dict:
     """``astrojax evaluate`` for a decoder run (``c`` its TrainConfig): :func:`decoder_metrics`
-    on the held-out split of the teacher's corpus (``text``: a UTF-8 file instead, read
-    as one document), in windows of the teacher's context length (a shorter text: one
-    window of its length); ``windows``: at most this many (None: all)."""
+    on the held-out split of the teacher's corpus (``text``: a UTF-8 file or a list of
+    them instead, each read as one document after a ``<bos>``, concatenated), in windows
+    of the teacher's context length (a shorter text: one window of its length);
+    ``windows``: at most this many (None: all)."""
     from .._config import ConfigError
     from .evaluate import read_text_file
 
@@ -434,10 +435,14 @@ def evaluate_decoder(teacher, student, c, text: str | None = None, windows: int 
     if text is None:
         ids, source = None, _heldout_source(teacher).rsplit(",", 1)[0]
     else:
-        body = read_text_file(text)  # one-line ConfigError: missing, binary, not UTF-8
-        ids, source = teacher.tokenizer.encode(body, bos=True), text
+        files = [text] if isinstance(text, str) else list(text)
+        # one-line ConfigError: missing, binary, not UTF-8
+        ids = np.concatenate([teacher.tokenizer.encode(read_text_file(f), bos=True) for f in files])
+        source = files[0] if len(files) == 1 else f"{len(files)} files: {', '.join(files[:3])}" + (
+            ", ..." if len(files) > 3 else "")
         if ids.shape[0] < 3:
-            raise ConfigError(f"config key `text`: {text} holds {ids.shape[0] - 1} characters; at least 2 are needed")
+            raise ConfigError(f"config key `text`: {source} holds {ids.shape[0] - 1} characters; at least 2 are "
+                              "needed")
         C = min(C, ids.shape[0] - 1)
     wins = heldout_windows(teacher, C, windows, ids)
     layers = c.layers if isinstance(student, HeadStudents) else None

@@ -1,6 +1,7 @@
 """Benchmark of the simulation core against closed forms and peer ODE solvers, one process.
 
-What is measured (all through the public API: ``astrojax.simulate_attention`` with
+What is measured (all through the public API: ``astrojax.simulate.simulate_head``, the
+building block of layers and training, with
 ``FastPath()`` or ``DiffraxPath(...)``, and ``astrojax.random_feature_attention``):
 
 1. **main** -- forward and forward+gradient of one head (``jax.value_and_grad`` of
@@ -73,6 +74,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import astrojax as aj  # noqa: E402
+from astrojax.simulate import simulate_head  # noqa: E402
 
 sys.path.insert(0, HERE)  # _brian2_peer (imports brian2 only when called)
 
@@ -193,8 +195,10 @@ def head_fn(kind, protocol, spec=None):
         one = lambda q, k, v, W, P: aj.random_feature_attention(q, k, v, W, causal=causal)  # noqa: E731
     else:
         method = make_method(spec)
-        one = lambda q, k, v, W, P: aj.simulate_attention(  # noqa: E731
-            q, k, v, W, protocol=protocol, params=P, method=method)
+        pr = aj.Protocol(protocol)
+        # the building block of layers and training (no runtime error check: its result
+        # code is in the Solution; simulate_attention adds an equinox.error_if on top)
+        one = lambda q, k, v, W, P: simulate_head(aj.PerformerFeatures(W), P, q, k, v, pr, method)  # noqa: E731
     return jax.vmap(one, in_axes=(0, 0, 0, None, None))
 
 
@@ -249,10 +253,16 @@ def compile_fn(f, args, key=None):
     return (lambda: compiled(*args)), c, info
 
 
+# run-time clock: wall time, or the process's CPU time (all threads; a measure of the
+# work done that other processes on a shared machine barely disturb): --clock
+CLOCK = {"clock": time.perf_counter}
+
+
 def _time1(call):
-    t0 = time.perf_counter()
+    clock = CLOCK["clock"]
+    t0 = clock()
     _block(call())
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def interleave(calls: dict, rounds: int, target_s=0.05, max_inner=50, max_rounds=None):
@@ -815,6 +825,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default results/core.json, --quick: core_quick.json)")
     ap.add_argument("--png", default=None, help="scaling plot (default next to the JSON, *_scaling.png)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="run-time clock: wall time, or process CPU time (all threads; for a shared, loaded machine)")
     ap.add_argument("--reference-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.reference_worker:
@@ -833,6 +845,9 @@ def main(argv=None):
         cmd += " --grad" if a.grad else " --no-grad"
     if a.sections != ["main", "peers", "accuracy", "scaling"]:
         cmd += " --sections " + " ".join(a.sections)
+    if a.clock == "cpu":
+        CLOCK["clock"] = time.process_time
+        cmd += " --clock cpu"
     res = dict(mode="quick" if a.quick else "full", command=cmd, config=dict(cfg), environment=environment(),
                method_settings=dict(fast="FastPath() defaults", tight_reference=TIGHT,
                                     peers=peer_specs(cfg), scipy=dict(method="RK45", rtol=cfg["peer_rtol"],
@@ -841,7 +856,7 @@ def main(argv=None):
                                                 available=_brian2_ok()),
                                     episode={p: episode_options(p) for p in PROTOCOLS},
                                     params="NeuronAstrocyteParams() defaults (tau_h = tau_a = tau_y = 0.02)"),
-               section_s={})
+               section_s={}, run_clock=("process CPU time (all threads)" if a.clock == "cpu" else "wall time"))
     log(f"bench_core ({res['mode']}): jax {jax.__version__}, {res['environment']['device']}, "
         f"load {res['environment']['loadavg_start']}")
 
