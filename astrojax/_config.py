@@ -347,7 +347,7 @@ class MethodKeys:
     """The integration keys shared by simulate, reproduce and train (flat, top level)."""
 
     method: str = option("fast", choices=METHODS, help="integrator: fast (exact exponential) | diffrax")
-    n_sub: int = option(8, ge=1, help="fast: read-out sub-steps per window (graded mesh, fourth order from 2)")
+    n_sub: int = option(12, ge=1, help="fast: read-out sub-steps per window (graded mesh, fourth order from 2)")
     solver: str = option("tsit5", choices=SOLVERS, help="diffrax: solver")
     adaptive: bool = option(True, help="diffrax: PID step control (rtol/atol) if true, else steps of dt0")
     rtol: float = option(1e-6, gt=0.0, help="diffrax: relative tolerance")

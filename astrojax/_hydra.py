@@ -48,6 +48,7 @@ SCHEMAS = {
     "evaluate": "astrojax.train.evaluate_app:EvaluateConfig",
     "fit": "astrojax.fit.app:FitConfig",
     "record": "astrojax.fit.app:RecordConfig",
+    "generate": "astrojax.train.generate:GenerateConfig",
 }
 
 

@@ -85,6 +85,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "astrojax.train.evaluate_app", "evaluate_job", "astrojax.train.evaluate_app:check_evaluate_files",
         "Per-head r(a,Z) and median a and y errors; sentence-embedding cosines for whole-model runs; test "
         "accuracy for the digits ViT. Writes RUN/evaluate.json (or out=PATH)."),
+    "generate": _hydra(
+        "generate", "generate", "continue a prompt with a trained decoder run: astrojax generate run=DIR prompt=...",
+        "astrojax.train.generate", "generate_job", "astrojax.train.generate:check_generate_files",
+        "The neuron-astrocyte language model of a scope=model run on teacher=gpt (and its teacher, for "
+        "comparison) continue the prompt token by token, greedy (temperature=0) or sampled; the simulated "
+        "causal dynamics carry their state from token to token. Writes RUN/generate.json (or out=PATH)."),
     "record": Subcommand(
         "write a synthetic recording (fit input format) from known parameters: astrojax record out=rec.npz",
         HydraCommand(name="record", config_name="record", task="astrojax.fit.app:record_job",

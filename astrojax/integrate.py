@@ -213,8 +213,10 @@ class FastPath(AbstractMethod):
             where ``h`` and ``a`` change on their time constants, and toward its end,
             the shunting layer), with ``n_sub / 2`` for Richardson extrapolation (fourth
             order). Read-out error at default parameters against a tight solve of the
-            same ODE (experiments/core/accuracy.py): 1.9e-5 (causal) / 3.8e-9
-            (bidirectional) with 8, 2.4e-7 / 1.0e-9 with 16 (float64).
+            same ODE (experiments/core/accuracy.py, T = 32): 1.9e-5 (causal) / 3.8e-9
+            (bidirectional) with 8, 2.4e-7 / 1.0e-9 with 16 (float64); the worst of the
+            benchmark's causal samples (T = 64) needs 12 for 1e-4
+            (experiments/bench/results/core_table.md).
         chunk: tokens per chunk of the causal form.
         form: ``"auto"`` (linear for bidirectional, chunked for causal; recurrent when
             sample times or a trace are requested), ``"recurrent"`` (the full state
@@ -223,7 +225,7 @@ class FastPath(AbstractMethod):
             window further than this (relative) from its fixed point.
     """
 
-    n_sub: int = eqx.field(static=True, default=8)
+    n_sub: int = eqx.field(static=True, default=12)
     chunk: int = eqx.field(static=True, default=32)
     form: str = eqx.field(static=True, default="auto")
     settle_tol: float | None = eqx.field(static=True, default=None)

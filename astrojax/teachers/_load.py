@@ -44,7 +44,9 @@ def load_teacher(spec) -> Teacher:
     - ``"gpt"``: the character GPT of ``astrojax teacher-gpt`` (default config; kind
       ``"causal-text"``, tokenizer a :class:`~astrojax.teachers.CharTokenizer`).
     - a directory: an HF-format BERT-family model.
-    - a file: a digits ViT saved by :func:`~astrojax.teachers.save_digits_vit`.
+    - a file: a digits ViT saved by :func:`~astrojax.teachers.save_digits_vit`, or a
+      character GPT saved by :func:`~astrojax.teachers.save_gpt` (``astrojax teacher-gpt
+      out=PATH``; kind ``"causal-text"``).
     """
     from ._vit import default_digits_path, load_digits_vit
 
@@ -73,6 +75,13 @@ def load_teacher(spec) -> Teacher:
         model, tok = load_hf_teacher(path)
         return Teacher(model, "text", path.name, tok, {"path": str(path)})
     if path.is_file():
+        from ._common import read_header
+
+        if read_header(path).get("kind") == "gpt-char":  # a model file of `astrojax teacher-gpt out=PATH`
+            from ._gpt import CharTokenizer, load_gpt
+
+            model, info = load_gpt(path)
+            return Teacher(model, "causal-text", path.stem, CharTokenizer(), {"path": str(path), **info})
         model, info = load_digits_vit(path)
         return Teacher(model, "image", path.stem, None, {"path": str(path), **info})
     raise TeacherError(

@@ -86,7 +86,7 @@ def check_train_files(c: TrainConfig, run_dir=None) -> None:
     the scope and layers (from its ``config.json``), ``init_from`` is a finished run, and
     the run directory, if it holds a run, holds one of this config."""
     kind, num_layers = teacher_facts(c.teacher)
-    if c.scope == "heads" and kind != "text":
+    if c.scope == "heads" and kind not in ("text", "causal-text"):
         raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
     bad = [x for x in c.layers or () if num_layers is not None and x >= num_layers]
     if bad:
@@ -211,7 +211,6 @@ def run_train(cfg, out_dir: str) -> dict:
     from .loop import LoopConfig, Member, train_members
     from .plots import plot_before_after, plot_learning_curve
     from .rundir import MetricsLog, is_main_process, save_resolved_config, write_env_json
-    from .tasks import make_task
 
     configs = [member_config(c, v) for v in packed] or [c]
     dirs = [out / f"member_{i:03d}" for i in range(len(packed))] or [out]
@@ -236,7 +235,7 @@ def run_train(cfg, out_dir: str) -> dict:
     with tqdm(total=2 + len(configs), desc="prepare", unit="", file=sys.stdout, disable=not c.progress or None,
               bar_format="{desc} {n_fmt}/{total_fmt}{postfix}", dynamic_ncols=True) as bar:
         bar.set_postfix_str(f"training data: the teacher on {c.data.num_chunks} examples")
-        task = make_task(c.scope, teacher, build.task_config(c, meth), build.dtype(c))
+        task = build.make_task(c.scope, teacher, build.task_config(c, meth), build.dtype(c))
         bar.update(1)
         members, students0, befores = [], [], []
         for i, (d, mc) in enumerate(zip(dirs, configs)):

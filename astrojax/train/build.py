@@ -11,7 +11,8 @@ from pathlib import Path
 from .._config import ConfigError, method_from_config, to_config
 from .config import TrainConfig
 
-__all__ = ["dtype", "method", "task_config", "load_teacher", "teacher_provenance", "build_student", "warm_start", "load_run", "init_key"]
+__all__ = ["dtype", "method", "task_config", "load_teacher", "teacher_provenance", "make_task", "build_student",
+           "warm_start", "load_run", "init_key"]
 
 
 def dtype(c: TrainConfig):
@@ -44,7 +45,7 @@ def task_config(c: TrainConfig, meth):
         chunk_tokens=c.data.chunk_tokens,
         window_lengths=None if c.data.window_lengths is None else tuple(c.data.window_lengths), num_chunks=c.data.num_chunks, data_seed=c.data.seed,
         corrupt=c.data.corrupt, corpus=c.data.corpus, unit=c.data.unit,
-        train_params=tuple(c.train_params), train_projections=c.train_projections,
+        train_params=tuple(c.train_params), train_projections=c.train_projections, train_all=c.train_all,
         loss_weights=dataclasses.asdict(c.loss), eval_pad=c.data.eval_pad,
     )
 
@@ -91,13 +92,25 @@ def load_teacher(c: TrainConfig):
         teacher = _load(c.teacher)
     except TeacherError as e:
         raise ConfigError(f"config key `teacher`: {e}") from None
-    if c.scope == "heads" and teacher.kind != "text":
+    if c.scope == "heads" and teacher.kind not in ("text", "causal-text"):
         raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
     if c.layers is not None:
         bad = [x for x in c.layers if x >= teacher.model.num_layers]
         if bad:
             raise ConfigError(f"config key `layers`: the teacher has {teacher.model.num_layers} layers, got {bad}")
     return teacher
+
+
+def make_task(scope: str, teacher, tcfg, dtype):
+    """The task of ``scope`` for ``teacher``: :mod:`astrojax.train.gpt` for a decoder
+    (``causal-text``) teacher, :func:`astrojax.train.tasks.make_task` otherwise."""
+    if teacher.kind == "causal-text":
+        from .gpt import GPTHeadsTask, GPTModelTask
+
+        return (GPTHeadsTask if scope == "heads" else GPTModelTask)(teacher, tcfg, dtype)
+    from .tasks import make_task as _make
+
+    return _make(scope, teacher, tcfg, dtype)
 
 
 def init_key(seed: int):
@@ -113,6 +126,11 @@ def build_student(c: TrainConfig, teacher, key=None):
 
     key = init_key(c.seed) if key is None else key
     tcfg = task_config(c, method(c)[0])
+    if teacher.kind == "causal-text":  # the GPT decoder: causal students (astrojax.train.gpt)
+        from .gpt import init_head_students, init_model_student
+
+        init = init_head_students if c.scope == "heads" else init_model_student
+        return init(teacher.model, tcfg, key, dtype(c))
     if c.scope == "heads":
         return HeadsTask.init_student(teacher.model, tcfg, key)
     return _learned_student(teacher.model, tcfg, key, dtype(c))

@@ -214,6 +214,8 @@ class TrainConfig(MethodKeys, Schema):
                                      choices=_param_names, each=True,
                                      help="trained parameters (kept positive); the rest frozen")
     train_projections: bool = option(False, help="model scope: also train W_Q, W_K, W_V, W_O")
+    train_all: bool = option(False, help="model scope: train every weight of the student (embeddings, MLPs, "
+                                         "LayerNorms, output head too)")
     data: DataConfig = option(factory=DataConfig)
     loss: LossConfig = option(factory=LossConfig)
     steps: int = option(1000, ge=1, help="optimiser steps")

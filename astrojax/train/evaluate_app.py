@@ -35,6 +35,7 @@ class EvaluateConfig(Schema):
                                  help="UTF-8 text file, directory of .txt files or glob pattern to evaluate on "
                                       "(null: astrojax/data/heldout.txt)")
     out: Optional[str] = option(None, check=path_or_null, help="output JSON (null: RUN/evaluate.json)")
+    windows: Optional[int] = option(None, ge=1, help="decoder runs: at most this many held-out windows (null: all)")
 
 
 def check_evaluate_files(c: EvaluateConfig, run_dir=None) -> None:
@@ -70,7 +71,7 @@ def text_files(spec: str) -> list[str]:
     return [spec]
 
 
-def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
+def run_evaluate(run: str, text: str | None, out: str | None = None, windows: int | None = None) -> dict:
     """Evaluate a finished run on a text file (default: the packaged held-out paragraph);
     writes ``evaluate.json`` (or ``out``) and returns the metrics."""
     from .._io import check_writable
@@ -87,7 +88,14 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
     student, c = load_run(run)
     check_writable(out or os.path.join(run, "evaluate.json"), "out")  # fail before the evaluation
     teacher = load_teacher(c)
-    if teacher.kind != "text":
+    if teacher.kind == "causal-text":  # a decoder run: astrojax.train.gpt (per-position metrics and a plot)
+        from .gpt import evaluate_decoder, plot_positions
+
+        res = evaluate_decoder(teacher, student, c, None if text is None else text_files(text), windows)
+        png = os.path.splitext(out or os.path.join(run, "evaluate.json"))[0] + "_positions.png"
+        plot_positions(res, png, title=f"{c.name}: {res['windows']} windows of {res['window_tokens']} characters")
+        res["figure"] = os.path.basename(png)
+    elif teacher.kind != "text":
         from ..teachers import digits_data, evaluate_digits_vit
 
         _, _, x_te, y_te = digits_data(seed=teacher.info.get("seed", 0))
@@ -121,6 +129,10 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
     path = out or os.path.join(run, "evaluate.json")
     save_json(path, {"run": str(run), **res})
     s = res.get("summary", res)
+    if "student_perplexity" in s:
+        print(f"astrojax evaluate: {run}: held-out perplexity teacher {s['teacher_perplexity']:.4f}, student "
+              f"{s['student_perplexity']:.4f} (ratio {s['perplexity_ratio']:.4f}), top-1 agreement "
+              f"{100 * s['top1_agreement']:.2f}% on {res['scored_tokens']} characters")
     print(f"astrojax evaluate: {run}: {fmt_summary(s)}"
           + (f", embedding cosine {res['embedding_cosine']['mean']:.4f}" if "embedding_cosine" in res else "")
           + f"; wrote {path}")
@@ -134,7 +146,7 @@ def run_evaluate(run: str, text: str | None, out: str | None = None) -> dict:
 
 def _run(cfg, out_dir) -> None:
     c = to_config(EvaluateConfig, cfg)
-    run_evaluate(c.run, c.text, c.out)
+    run_evaluate(c.run, c.text, c.out, c.windows)
 
 
 def evaluate_job(cfg) -> None:

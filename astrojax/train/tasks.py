@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..dynamics import NeuronAstrocyteParams
+from ..dynamics import PARAM_NAMES, NeuronAstrocyteParams
 from ..layers import NeuronAstrocyteAttention
 from ..oracles import softmax_weights
 from ..teachers import Teacher, mean_pool, to_neuron_astrocyte
@@ -57,6 +57,7 @@ class TaskConfig:
     unit: str = "window"  # text model scope: "window" (fixed token windows) | "sentence" (padded sentences)
     train_params: tuple = ("tau_h", "tau_a", "tau_y", "eta_H", "eta_p")
     train_projections: bool = False
+    train_all: bool = False  # model scope: every array of the student (params: only train_params)
     loss_weights: dict = dataclasses.field(default_factory=lambda: {"y": 1.0, "log_a": 0.1, "kl": 1.0})
     eval_pad: int = 48  # model scope: held-out sentences padded to this many tokens
 
@@ -82,6 +83,12 @@ def _trainable_spec(student, cfg: TaskConfig):
         if isinstance(b.attn, NeuronAstrocyteAttention)
     ]
     spec = mark_attn(spec, paths)
+    if cfg.train_all:  # every weight; of the biophysical parameters only the chosen ones
+        spec = jax.tree.map(lambda x: eqx.is_inexact_array(x), student)
+        for get in paths:
+            spec = eqx.tree_at(lambda m, get=get: [getattr(get(m).params, n) for n in PARAM_NAMES], spec,
+                               [n in cfg.train_params for n in PARAM_NAMES])
+        return spec
     if cfg.train_projections:
         for get in paths:
             for n in ("W_Q", "W_K", "W_V", "W_O"):

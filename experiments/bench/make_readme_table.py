@@ -2,6 +2,7 @@
 
     python experiments/bench/make_readme_table.py                        # results/core.json -> results/core_table.md
     python experiments/bench/make_readme_table.py --json results/core_quick.json --out -   # print only
+    python experiments/bench/make_readme_table.py --readme   # also the README's performance table
 
 Reads the JSON written by ``bench_core.py`` and prints the tables; with ``--out`` (default
 ``results/core_table.md`` next to the JSON) also writes them there.
@@ -198,6 +199,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=os.path.join(HERE, "results", "core.json"))
     ap.add_argument("--out", default=None, help="markdown file (default core_table.md next to the JSON; '-': none)")
+    ap.add_argument("--readme", action="store_true",
+                    help="also replace the block between the core-table markers in README.md with the forward/"
+                         "gradient table and the targets")
     a = ap.parse_args(argv)
     with open(a.json) as f:
         res = json.load(f)
@@ -212,7 +216,31 @@ def main(argv=None):
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, out)
+    if a.readme:
+        write_readme(text, os.path.join(ROOT, "README.md"))
     return text
+
+
+START, END = "<!-- core-table:start -->", "<!-- core-table:end -->"
+
+
+def write_readme(text, path):
+    """The header, the forward/gradient table and the targets of ``text`` between the
+    README's markers (the other tables stay in core_table.md)."""
+    head = text.split("**Against ODE solvers**")[0].rstrip()
+    tail = "**Targets**" + text.split("**Targets**", 1)[1].rstrip()
+    block = (f"{START}\n{head}\n\n{tail}\n\nAll tables (peers, accuracy, T- and m-scaling, compile times): "
+             "[`experiments/bench/results/core_table.md`](experiments/bench/results/core_table.md), plot "
+             f"`experiments/bench/results/core_scaling.png`.\n{END}")
+    with open(path) as f:
+        readme = f.read()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{path}: no {START} ... {END} block to replace")
+    i, j = readme.index(START), readme.index(END) + len(END)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(readme[:i] + block + readme[j:])
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
