@@ -88,6 +88,9 @@ def check_train_files(c: TrainConfig, run_dir=None) -> None:
     kind, num_layers = teacher_facts(c.teacher)
     if c.scope == "heads" and kind not in ("text", "causal-text"):
         raise ConfigError("config key `scope`: the heads scope needs a text teacher; use scope=model for the digits ViT")
+    if c.data.window_lengths is not None and kind != "text":
+        raise ConfigError(f"config key `data.window_lengths`: random-length windows are for an encoder (text) "
+                          f"teacher's heads scope; teacher {c.teacher!r} is {kind!r}")
     bad = [x for x in c.layers or () if num_layers is not None and x >= num_layers]
     if bad:
         raise ConfigError(f"config key `layers`: the teacher has {num_layers} layers, got {bad}")
