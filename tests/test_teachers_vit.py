@@ -288,9 +288,36 @@ def test_load_errors(short, tmp_path):
 
 def test_default_path(monkeypatch, tmp_path):
     monkeypatch.setenv("ASTROJAX_CACHE", str(tmp_path))
-    assert default_digits_path() == tmp_path / "teachers" / "digits_vit_seed0.eqx"
+    p = default_digits_path()
+    assert p.parent == tmp_path / "teachers" and p.name.startswith("digits_vit_") and p.suffix == ".eqx"
     monkeypatch.delenv("ASTROJAX_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
     p = default_digits_path()
     assert isinstance(p, pathlib.Path)
-    assert p == tmp_path / ".cache" / "astrojax" / "teachers" / "digits_vit_seed0.eqx"
+    assert p.parent == tmp_path / ".cache" / "astrojax" / "teachers"
+
+
+def test_cache_keyed_by_the_whole_configuration(monkeypatch, tmp_path):
+    """Every setting of the recipe and of the shape changes the cache file; the default
+    path is the cache file of the default configuration spelled out; the key is the
+    sha256 of the shape and the recipe (recomputed here independently)."""
+    import hashlib
+    import inspect
+    import json
+
+    monkeypatch.setenv("ASTROJAX_CACHE", str(tmp_path))
+    from astrojax.teachers import ViTConfig, digits_cache_path
+
+    params = inspect.signature(train_digits_vit).parameters
+    recipe = {k: params[k].default for k in params if k not in ("config", "progress")}
+    blob = json.dumps({"model": ViTConfig().to_dict(), "recipe": recipe}, sort_keys=True)
+    assert default_digits_path().name == f"digits_vit_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.eqx"
+    assert digits_cache_path(ViTConfig(), **recipe) == default_digits_path()
+    names = {default_digits_path().name}
+    for change in (dict(seed=1), dict(epochs=60), dict(learning_rate=1e-3), dict(weight_decay=0.0),
+                   dict(batch_size=32)):
+        names.add(digits_cache_path(**change).name)
+    names.add(digits_cache_path(ViTConfig(num_layers=2)).name)
+    assert len(names) == 7
+    with pytest.raises(TypeError, match="unknown training settings"):
+        digits_cache_path(epoch=3)

@@ -38,7 +38,8 @@ class TeacherDigitsConfig(Schema):
     """``astrojax teacher-digits``: train the small ViT teacher on scikit-learn's digits."""
 
     out: Optional[str] = option(None, check=path_or_null,
-                                help="output .eqx file (null: the default path used by teacher=digits)")
+                                help="output .eqx file (null: the cache file keyed by this configuration; "
+                                     "the default configuration's is the one teacher=digits loads)")
     seed: int = option(0, ge=0, help="initialisation and batch order (training is deterministic)")
     epochs: int = option(40, ge=1, help="passes over the 1437 training images")
     batch_size: int = option(64, ge=1, help="images per step")
@@ -50,21 +51,23 @@ class TeacherDigitsConfig(Schema):
 def run_teacher_digits(cfg) -> dict:
     """Train, evaluate and save the digits ViT; returns its info dict (with ``path``)."""
     c = to_config(TeacherDigitsConfig, cfg)
-    from ._vit import ViTConfig, default_digits_path, save_digits_vit, train_digits_vit
+    from ._vit import ViTConfig, default_digits_path, digits_cache_path, save_digits_vit, train_digits_vit
 
     try:
         config = ViTConfig(**dataclasses.asdict(c.model))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key `model`: {e}") from None
-    out = default_digits_path() if c.out is None else os.path.abspath(os.path.expanduser(c.out))
-    model, info = train_digits_vit(
-        config, seed=c.seed, epochs=c.epochs, batch_size=c.batch_size,
-        learning_rate=c.learning_rate, weight_decay=c.weight_decay,
-    )
+    recipe = dict(seed=c.seed, epochs=c.epochs, batch_size=c.batch_size, learning_rate=c.learning_rate,
+                  weight_decay=c.weight_decay)
+    # the cache is keyed by the whole configuration: `teacher=digits` is the default one
+    cached = digits_cache_path(config, **recipe)
+    out = cached if c.out is None else os.path.abspath(os.path.expanduser(c.out))
+    model, info = train_digits_vit(config, **recipe)
     save_digits_vit(out, model, info)
+    use = "teacher=digits" if str(out) == str(default_digits_path()) else f"teacher={out}"
     print(
         f"astrojax teacher-digits: test accuracy {info['test_accuracy']:.4f} "
-        f"(train {info['train_accuracy']:.4f}), {info['seconds']:.0f} s; wrote {out}"
+        f"(train {info['train_accuracy']:.4f}), {info['seconds']:.0f} s; wrote {out} (use it with {use})"
     )
     return {**info, "path": str(out)}
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import inspect
+import json
 import math
 import os
 import pathlib
@@ -47,6 +50,8 @@ __all__ = [
     "save_digits_vit",
     "load_digits_vit",
     "default_digits_path",
+    "digits_cache_path",
+    "digits_recipe",
 ]
 
 _KIND = "digits-vit"
@@ -487,11 +492,35 @@ def train_digits_vit(
 # --------------------------------------------------------------------------- files
 
 
-def default_digits_path() -> pathlib.Path:
-    """Where the default model lives: ``$ASTROJAX_CACHE/teachers/digits_vit_seed0.eqx``
-    (``ASTROJAX_CACHE`` defaults to ``~/.cache/astrojax``)."""
+_RECIPE = ("seed", "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "label_smoothing",
+           "max_shift")
+
+
+def digits_recipe(**settings) -> dict:
+    """The full training recipe of a digits ViT: :func:`train_digits_vit`'s defaults
+    updated with ``settings`` (any of its keyword arguments except ``progress``)."""
+    params = inspect.signature(train_digits_vit).parameters
+    unknown = set(settings) - set(_RECIPE)
+    if unknown:
+        raise TypeError(f"unknown training settings {sorted(unknown)}; expected some of {list(_RECIPE)}")
+    return {k: settings.get(k, params[k].default) for k in _RECIPE}
+
+
+def digits_cache_path(config: ViTConfig = ViTConfig(), **settings) -> pathlib.Path:
+    """The cache file of the digits ViT of shape ``config`` trained with ``settings``
+    (:func:`digits_recipe`): ``$ASTROJAX_CACHE/teachers/digits_vit_<key>.eqx``, ``key``
+    the first 12 hex digits of the sha256 of the shape and recipe (``ASTROJAX_CACHE``
+    defaults to ``~/.cache/astrojax``). Two different configurations never share a file."""
+    blob = json.dumps({"model": config.to_dict(), "recipe": digits_recipe(**settings)}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
     cache = os.environ.get("ASTROJAX_CACHE") or os.path.join("~", ".cache", "astrojax")
-    return pathlib.Path(cache).expanduser() / "teachers" / "digits_vit_seed0.eqx"
+    return pathlib.Path(cache).expanduser() / "teachers" / f"digits_vit_{key}.eqx"
+
+
+def default_digits_path() -> pathlib.Path:
+    """Where ``teacher=digits`` looks: the cache file of the default shape and recipe
+    (:func:`digits_cache_path` with no arguments)."""
+    return digits_cache_path()
 
 
 def save_digits_vit(path, model: DigitsViT, info: dict | None = None) -> str:
