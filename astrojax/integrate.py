@@ -350,7 +350,8 @@ def _linrec_blocked(logA, B, z0, C=_BLOCK):
     pad = nb * C - J
     la = jnp.concatenate([logA, jnp.zeros((pad,), logA.dtype)]).reshape(nb, C)
     Bb = jnp.concatenate([B, jnp.zeros((pad,) + tail, B.dtype)]).reshape((nb, C) + tail)
-    local = jnp.einsum("bji,bi...->bj...", _lower(_segment_logs(la)), Bb)
+    # full float32 precision (accelerators may lower a default-precision matmul to bf16)
+    local = jnp.einsum("bji,bi...->bj...", _lower(_segment_logs(la)), Bb, precision=jax.lax.Precision.HIGHEST)
     lead = jnp.exp(jnp.cumsum(la, axis=1))  # (nb, C): product of the factors up to j in its block
     if nb == 1:
         starts = z0[None]
