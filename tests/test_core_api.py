@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import rel_err
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy_reference import scipy_sample
 
@@ -185,20 +185,26 @@ def _rfa_log_reference(q, k, v, W, causal):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(log_scale=st.floats(-3.0, np.log10(3.0)), seed=st.integers(0, 1000),
        causal=st.booleans(), f32=st.booleans())
+@example(log_scale=0.375, seed=399, causal=True, f32=False)  # the ODE 1.7e-5 from its timescale limit
 def test_property_input_scales_accurate(log_scale, seed, causal, f32):
     """q, k scaled by 1e-3 ... 3 (float32 and float64): with the normalised read gain the
     simulated network is finite and equals random-feature attention (timescale limit of
-    the default time constants); log a matches the log-space reference."""
+    the default time constants, to 1e-4 in float64); log a matches the log-space
+    reference. A fine mesh (n_sub = 32) keeps the integration error out of the
+    comparison: the default's own accuracy is tested against a tight solve of the same
+    ODE elsewhere."""
     dtype = jnp.float32 if f32 else jnp.float64
     q, k, v, W = _head(T=8, D=8, Dv=3, m=32, seed=seed, dtype=dtype)
     s = 10.0 ** log_scale
     y_ref, la_ref = _rfa_log_reference(s * q, s * k, v, W, causal)
     pr = aj.Protocol("causal" if causal else "bidirectional", read_gain="normalised")
-    y, la = aj.simulate_attention(s * q, s * k, v, W, protocol=pr, log=True)
+    y, la = aj.simulate_attention(s * q, s * k, v, W, protocol=pr, log=True, method=aj.FastPath(n_sub=32))
     assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(la)))
-    tol = 1e-3 if f32 else 1e-5
+    # float64: the ODE's own distance from its timescale limit at tau = 0.02 (up to 1.7e-5
+    # in y, 3.4e-6 in log a, seen at seed 399), not an integration error
+    tol = 1e-3 if f32 else 1e-4
     assert rel_err(y, y_ref) < tol
-    assert np.max(np.abs(np.asarray(la, np.float64) - la_ref)) < (1e-3 if f32 else 1e-6) * max(1.0, np.max(np.abs(la_ref)))
+    assert np.max(np.abs(np.asarray(la, np.float64) - la_ref)) < (1e-3 if f32 else 1e-5) * max(1.0, np.max(np.abs(la_ref)))
 
 
 @functools.lru_cache(maxsize=None)
