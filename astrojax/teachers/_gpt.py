@@ -756,18 +756,9 @@ def _generate_recompute(model: GPT, buf, plen, key, temperature):
     return buf, logits
 
 
-def generate(model: GPT, prompt, steps: int, *, temperature: float = 0.0, key=None, cache: bool = True):
-    """Continue the token ids ``prompt`` (1-D, at least one token) by ``steps`` tokens.
-
-    ``temperature == 0``: greedy (argmax); ``> 0``: sampling from ``softmax(logits /
-    temperature)`` with ``key`` (required then). One token per step with a key/value
-    cache (``cache=False``: every token from a whole-window forward pass instead -- the
-    reference, much slower). Returns ``(ids (len(prompt) + steps,), logits
-    (len(prompt) + steps - 1, vocab_size))``, ``logits[t]`` the distribution of
-    ``ids[t + 1]``. Sequences longer than ``context_length`` are decoded in sliding
-    windows (:func:`window_start`).
-    """
-    _check_decoder(model)
+def check_generate_args(model, prompt, steps, temperature, key):
+    """The arguments of a generation call (teacher or student, any model with
+    ``config.vocab_size``); returns ``prompt`` as an array."""
     prompt = np.asarray(prompt)
     if prompt.ndim != 1 or prompt.shape[0] < 1 or not np.issubdtype(prompt.dtype, np.integer):
         raise ValueError(f"`prompt` must be a 1-D integer array of >= 1 token ids, got shape {prompt.shape} "
@@ -782,6 +773,22 @@ def generate(model: GPT, prompt, steps: int, *, temperature: float = 0.0, key=No
         raise ValueError(f"`temperature` must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if temperature > 0 and key is None:
         raise ValueError("`key` is required when `temperature` > 0 (sampling)")
+    return prompt
+
+
+def generate(model: GPT, prompt, steps: int, *, temperature: float = 0.0, key=None, cache: bool = True):
+    """Continue the token ids ``prompt`` (1-D, at least one token) by ``steps`` tokens.
+
+    ``temperature == 0``: greedy (argmax); ``> 0``: sampling from ``softmax(logits /
+    temperature)`` with ``key`` (required then). One token per step with a key/value
+    cache (``cache=False``: every token from a whole-window forward pass instead -- the
+    reference, much slower). Returns ``(ids (len(prompt) + steps,), logits
+    (len(prompt) + steps - 1, vocab_size))``, ``logits[t]`` the distribution of
+    ``ids[t + 1]``. Sequences longer than ``context_length`` are decoded in sliding
+    windows (:func:`window_start`).
+    """
+    _check_decoder(model)
+    prompt = check_generate_args(model, prompt, steps, temperature, key)
     with jax.enable_x64(False):
         key = jax.random.PRNGKey(0) if key is None else key
         buf = jnp.zeros((prompt.shape[0] + int(steps),), jnp.int32).at[: prompt.shape[0]].set(prompt)

@@ -16,7 +16,6 @@ instead (the reference: quadratic in the window length).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Optional
@@ -32,24 +31,6 @@ __all__ = ["GenerateConfig", "generate_student", "student_step", "run_generate",
 
 
 # ----------------------------------------------------------------------------- library
-
-
-def _check_args(model, prompt, steps, temperature, key):
-    prompt = np.asarray(prompt)
-    if prompt.ndim != 1 or prompt.shape[0] < 1 or not np.issubdtype(prompt.dtype, np.integer):
-        raise ValueError(f"`prompt` must be a 1-D integer array of >= 1 token ids, got shape {prompt.shape} "
-                         f"dtype {prompt.dtype}")
-    V = model.config.vocab_size
-    if prompt.min() < 0 or prompt.max() >= V:
-        raise ValueError(f"`prompt` ids must lie in [0, {V}), got values in [{prompt.min()}, {prompt.max()}]")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"`temperature` must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if temperature > 0 and key is None:
-        raise ValueError("`key` is required when `temperature` > 0 (sampling)")
-    return prompt
 
 
 def _check_student(model):
@@ -78,10 +59,10 @@ def generate_student(model, prompt, steps: int, *, temperature: float = 0.0, key
     import jax
     import jax.numpy as jnp
 
-    from ..teachers._gpt import _generate_recompute
+    from ..teachers._gpt import _generate_recompute, check_generate_args
 
     _check_student(model)
-    prompt = _check_args(model, prompt, steps, temperature, key)
+    prompt = check_generate_args(model, prompt, steps, temperature, key)
     with jax.enable_x64(False):
         key = jax.random.PRNGKey(0) if key is None else key
         buf = jnp.zeros((prompt.shape[0] + int(steps),), jnp.int32).at[: prompt.shape[0]].set(prompt)
