@@ -4,8 +4,13 @@ Per-head ``r(a,Z)`` and median errors of ``a`` and ``y`` on held-out text (defau
 packaged held-out paragraph; ``text=`` a file, a directory of ``.txt`` files or a glob
 pattern), overall and by token position (buckets 1-64, 65-128, 129-256, 257-512); a text
 longer than the teacher's 512 positions is evaluated in consecutive windows. Sentence-
-embedding cosines for whole-model runs; test accuracy for the digits ViT. Writes
-``RUN/evaluate.json`` (or ``out=PATH``); nothing else.
+embedding cosines for whole-model runs, and their whole-model fidelity (``whole_model``,
+:mod:`astrojax.train.whole_model`: sentence-embedding cosines per kind of prose, the
+Spearman correlation of pair similarities, nearest-neighbour agreement, paragraph
+cosines; by default on the packaged held-out sentences and prose pieces, with ``text=``
+on those texts) with its figure ``<out without .json>_pairs.png``; test accuracy for the
+digits ViT. Writes ``RUN/evaluate.json`` (or ``out=PATH``) and, for whole-model runs,
+that figure; nothing else.
 
 The packaged held-out prose of several kinds: ``text=astrojax/data`` would include the
 older files too; ``text='astrojax/data/prose_*.txt'`` is the set of 26-495-token pieces.
@@ -124,6 +129,8 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
             res["embedding_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min()),
                                        "sentences": len(sents), "whole_text": float(whole.mean()),
                                        "whole_text_windows": len(windows)}
+            res["whole_model"] = _whole_model(teacher, student, None if text is None else bodies,
+                                              out or os.path.join(run, "evaluate.json"), c.name)
     from .._io import save_json
 
     path = out or os.path.join(run, "evaluate.json")
@@ -136,12 +143,38 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
     print(f"astrojax evaluate: {run}: {fmt_summary(s)}"
           + (f", embedding cosine {res['embedding_cosine']['mean']:.4f}" if "embedding_cosine" in res else "")
           + f"; wrote {path}")
+    if "whole_model" in res:
+        from .whole_model import fmt_whole_model
+
+        wm = res["whole_model"]
+        print(f"  whole model on held-out text ({wm['source']}; figure {wm['figure']}):")
+        print("\n".join(fmt_whole_model(wm)))
     if "by_position" in res:
         n = len(res["texts"])
         print(f"  by token position ({n} text{'s' if n > 1 else ''}, {res['tokens']} tokens; medians over heads of "
               "each head's mean over segments):")
         print("\n".join(fmt_by_position(res["by_position"])))
     return res
+
+
+def _whole_model(teacher, student, bodies, out: str, name: str) -> dict:
+    """A whole-model run's :func:`~.whole_model.whole_model_fidelity` on the packaged
+    held-out sentences and paragraphs (``bodies`` None) or on the texts ``bodies``, and
+    its figure ``<out without .json>_pairs.png``."""
+    from .whole_model import packaged_sets, plot_pair_similarities, sets_from_texts, whole_model_fidelity
+
+    if bodies is None:
+        sentences, paragraphs = packaged_sets()
+        source = "astrojax/data/heldout_sentences.txt (everyday) and astrojax/data/prose_*.txt"
+    else:
+        sentences, paragraphs = sets_from_texts(bodies)
+        source = ", ".join(bodies)
+    res, (S_t, S_s) = whole_model_fidelity(teacher, student, sentences, paragraphs)
+    png = os.path.splitext(out)[0] + "_pairs.png"
+    n = len(res["sentences"]["kinds"])
+    plot_pair_similarities(S_t, S_s, res["sentences"]["kinds"], png,
+                           title=f"{name}: {n} held-out sentences of {len(sentences)} kinds")
+    return {"source": source, "figure": os.path.basename(png), **res}
 
 
 def _run(cfg, out_dir) -> None:
