@@ -455,6 +455,12 @@ def test_whole_model_scope_text_runs_and_evaluates(tmp_path):
     assert recs[-1]["loss"] < recs[0]["loss"]
     ev = run_evaluate(str(tmp_path / "run"), None)
     assert 0.0 < ev["embedding_cosine"]["mean"] <= 1.0 and ev["embedding_cosine"]["sentences"] == 4
+    # the end-of-training whole-model fidelity is astrojax evaluate's (same student, same held-out sets)
+    wm = ev["whole_model"]
+    assert len(wm["sentences"]["cosines"]) >= 100 and len(wm["paragraphs"]["cosines"]) == 9
+    assert s["prose_pair_spearman"] == pytest.approx(wm["sentences"]["pair_spearman"], abs=1e-5)
+    assert s["prose_nn_agreement"] == pytest.approx(wm["sentences"]["nn_agreement"])
+    assert s["prose_paragraph_cosine_min"] == pytest.approx(wm["paragraphs"]["cosine"]["min"], abs=1e-5)
 
 
 TINY_CLI = ["experiment=quickstart", "m=8", "steps=3", "data.num_chunks=16", "data.chunk_tokens=12", "batch_size=2",

@@ -60,8 +60,8 @@ def plot_before_after(task, student0, student1, before: dict, after: dict, path,
         axes[1].set_title("every head (held-out)", fontsize=9)
         axes[1].legend(fontsize=8)
     else:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
         keys = [k for k in after["summary"] if isinstance(after["summary"][k], float) and k in before["summary"]]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(keys)), 3.5))
         x = np.arange(len(keys))
         ax.bar(x - 0.2, [before["summary"][k] for k in keys], 0.4, label="before")
         ax.bar(x + 0.2, [after["summary"][k] for k in keys], 0.4, label="after")

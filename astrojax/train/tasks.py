@@ -286,13 +286,22 @@ class TextModelTask:
 
     def evaluate(self, student) -> dict:
         """Sentence-embedding cosine on the held-out sentences; per-head fields on the
-        held-out paragraph."""
+        held-out paragraph; the whole-model fidelity on the packaged held-out sentences of
+        several kinds of prose and on the prose pieces (:mod:`~astrojax.train.whole_model`,
+        as ``astrojax evaluate`` reports it; summary keys ``prose_*``)."""
+        from .whole_model import packaged_sets, whole_model_fidelity
+
         m = self.teacher.model
         cos = embedding_cosines(m, student, self.teacher.tokenizer, heldout_sentences(), self.cfg.eval_pad)
         rows = head_fields(m, student, self.heldout_ids)
+        wm, _ = whole_model_fidelity(self.teacher, student, *packaged_sets())
+        sw, pw = wm["sentences"], wm["paragraphs"]
         summary = {"embedding_cosine_mean": float(cos.mean()), "embedding_cosine_min": float(cos.min()),
+                   "prose_sentence_cosine_mean": sw["cosine"]["mean"], "prose_sentence_cosine_min": sw["cosine"]["min"],
+                   "prose_pair_spearman": sw["pair_spearman"], "prose_nn_agreement": sw["nn_agreement"],
+                   "prose_paragraph_cosine_mean": pw["cosine"]["mean"], "prose_paragraph_cosine_min": pw["cosine"]["min"],
                    **{f"heads_{k}": v for k, v in summarize_fields(rows).items()}}
-        return {"summary": summary, "sentences": len(cos), "per_head": rows}
+        return {"summary": summary, "sentences": len(cos), "per_head": rows, "whole_model": wm}
 
 
 class DigitsModelTask:
