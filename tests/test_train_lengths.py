@@ -133,11 +133,54 @@ def test_bad_window_lengths_is_one_line_exit_2(tmp_path, capsys, override, key):
     assert os.listdir(tmp_path) == []
 
 
-def test_window_lengths_are_for_the_heads_scope(tmp_path, capsys):
-    argv = ["train", "experiment=minilm_model", "data.window_lengths=[64,128]", f"hydra.run.dir={tmp_path}/run"]
+def test_window_lengths_are_for_text_teachers(tmp_path, capsys):
+    argv = ["train", "experiment=digits_model", "data.window_lengths=[64,128]", f"hydra.run.dir={tmp_path}/run"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("astrojax train: error: config key `data.window_lengths`"), err
+    assert err.startswith("astrojax train: error: config key `data.window_lengths`: random-length windows are "
+                          "for text teachers"), err
+    assert len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+@needs_minilm
+def test_model_scope_buckets_of_sentences_and_random_length_windows():
+    """Model scope with window_lengths and unit=sentence: a bucket of sentences padded to
+    chunk_tokens plus the heads scope's random-length windows (the same windows, cut and
+    padded alike); on every bucket the teacher scores zero loss (its targets were computed
+    with the same masks) and a student's loss does not depend on the padding tokens."""
+    from astrojax._config import to_config, to_dict
+    from astrojax._hydra import compose
+    from astrojax.teachers import load_teacher
+    from astrojax.train.build import method, task_config
+    from astrojax.train.config import TrainConfig
+    from astrojax.train.data import training_sentences, training_windows
+    from astrojax.train.tasks import make_task
+
+    teacher = load_teacher("minilm")
+    c = to_dict(compose("train", ["experiment=quickstart"]))
+    c.update(scope="model", layers=None, m=8, n_sub=2)
+    c["data"].update(unit="sentence", chunk_tokens=24, num_chunks=12, window_lengths=[16, 32])
+    c = to_config(TrainConfig, c)
+    task = make_task("model", teacher, task_config(c, method(c)[0]))
+    sent_ids, _ = training_sentences(teacher.tokenizer, 24, 12, 0, c.data.corrupt, c.data.corpus)
+    wins = [w for w in training_windows(teacher.tokenizer, (16, 32), 12, 0, c.data.corrupt, c.data.corpus) if len(w[0])]
+    assert task.bucket_sizes == (24, *(w[0].shape[1] for w in wins))
+    assert task.bucket_counts == (12, *(len(w[0]) for w in wins)) and task.num_examples == 12 + 12
+    np.testing.assert_array_equal(np.asarray(task.data[0][0]), sent_ids)
+    for (ids, mask), data in zip(wins, task.data[1:]):
+        np.testing.assert_array_equal(np.asarray(data[0]), ids)
+        np.testing.assert_array_equal(np.asarray(data[1]), mask)
+    for data in task.data:
+        _, terms = task.loss(teacher.model, data, jnp.arange(len(data[0])))
+        assert float(terms["hidden"]) < 1e-10 and float(terms["embedding"]) < 1e-6
+    # the student on the longest window bucket (one compile): padding tokens do not matter
+    ids, mask = task.data[-1][:2]
+    assert not bool(mask.all())
+    student, idx = task.init(jax.random.PRNGKey(0)), jnp.arange(len(ids))
+    loss = eqx.filter_jit(task.loss)
+    junk = jnp.where(mask, ids, 2000)
+    np.testing.assert_allclose(float(loss(student, (junk, *task.data[-1][1:]), idx)[0]),
+                               float(loss(student, task.data[-1], idx)[0]), rtol=1e-6)
 
 
 def test_padded_batch_loss_equals_the_truncated_sequences_loss():

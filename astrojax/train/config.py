@@ -79,8 +79,8 @@ class DataConfig:
     chunk_tokens: int = option(64, ge=3, help="tokens per training window (text)")
     window_lengths: Optional[List[int]] = option(
         None, ge=3, le=512, each=True, nonempty=True, check=_increasing,
-        help="heads scope: windows of random length 3..max (uniform), padded to these bucket sizes "
-             "(e.g. [64,128,256,512]; one compile each); null: fixed windows of chunk_tokens")
+        help="windows of random length 3..max (uniform), padded to these bucket sizes (e.g. [64,128,256,512]; "
+             "one compile each; model scope with unit=sentence: plus a bucket of sentences); null: fixed units")
     num_chunks: int = option(512, ge=1, help="training windows (text) / images (digits)")
     seed: int = option(0, ge=0, help="which windows are drawn")
     eval_pad: int = option(48, ge=3, help="model scope: held-out sentences padded to this length")
@@ -238,9 +238,10 @@ class TrainConfig(MethodKeys, Schema):
         if self.data.unit == "sentence" and self.scope != "model":
             raise ConfigError(f"config key `{key('data.unit')}`: 'sentence' is for the text model scope "
                               "(scope=model); the heads scope trains on token windows (data.unit=window)")
-        if self.data.window_lengths is not None and self.scope != "heads":
-            raise ConfigError(f"config key `{key('data.window_lengths')}`: random-length windows are for the "
-                              "heads scope (scope=heads); the model scope uses data.chunk_tokens or data.unit")
+        if self.data.window_lengths is not None and self.scope == "model" and (
+                self.teacher == "digits" or self.teacher.endswith(".eqx")):
+            raise ConfigError(f"config key `{key('data.window_lengths')}`: random-length windows are for text "
+                              "teachers (the digits ViT sees fixed-size images)")
         members = pack_members(self)
         for i, values in enumerate(members):
             try:

@@ -13,7 +13,9 @@ batch of example indices and ``evaluate(student)`` on held-out data. The trainin
   draws its batch from one bucket (``task.bucket_counts``, :func:`~astrojax.train.data.bucket_of_step`).
 - :class:`TextModelTask` (``scope: model``, text teacher): every attention layer of the
   teacher replaced by a neuron--astrocyte layer; losses on the final hidden states and
-  the sentence embedding.
+  the sentence embedding. With ``window_lengths`` the training units are buckets as in
+  the heads scope: random-length windows padded to the bucket sizes, plus (``unit:
+  sentence``) a bucket of single sentences padded to ``chunk_tokens``.
 - :class:`DigitsModelTask` (``scope: model``, digits ViT): same, with the logits.
 """
 
@@ -49,7 +51,7 @@ class TaskConfig:
     method: object = None
     layers: tuple | None = None  # heads scope: teacher layers to distil (None: all)
     chunk_tokens: int = 64
-    window_lengths: tuple | None = None  # heads scope: bucket sizes of random-length windows (None: fixed)
+    window_lengths: tuple | None = None  # bucket sizes of random-length windows (None: fixed units)
     num_chunks: int = 256
     data_seed: int = 0
     corrupt: float = 0.0  # text: fraction of tokens replaced at random in every second window
@@ -254,17 +256,33 @@ class TextModelTask:
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         model = teacher.model
         args = (teacher.tokenizer, cfg.chunk_tokens, cfg.num_chunks, cfg.data_seed, cfg.corrupt, cfg.corpus)
-        if cfg.unit == "sentence":
-            ids, mask = training_sentences(*args)
+        if cfg.window_lengths is not None:  # buckets: [sentences padded to chunk_tokens,] random-length windows
+            units = [training_sentences(*args)] if cfg.unit == "sentence" else []
+            units += training_windows(teacher.tokenizer, cfg.window_lengths, cfg.num_chunks, cfg.data_seed,
+                                      cfg.corrupt, cfg.corpus)
+            units = [(ids, mask) for ids, mask in units if len(ids)]
+            self.data = tuple(self._targets(model, ids, mask, dtype) for ids, mask in units)
+            self.bucket_sizes = tuple(ids.shape[1] for ids, _ in units)
+            self.bucket_counts = tuple(len(ids) for ids, _ in units)
+            self.num_examples = sum(self.bucket_counts)
         else:
-            ids = training_chunks(*args)
-            mask = np.ones(ids.shape, bool)
+            if cfg.unit == "sentence":
+                ids, mask = training_sentences(*args)
+            else:
+                ids = training_chunks(*args)
+                mask = np.ones(ids.shape, bool)
+            self.data = self._targets(model, ids, mask, dtype)
+            self.num_examples = len(ids)
+        self.heldout_ids = teacher.tokenizer.encode(heldout_text())
+
+    @staticmethod
+    def _targets(model, ids, mask, dtype):
+        """``(ids, mask, final hidden states, sentence embeddings)`` of the teacher on padded
+        units (the padding masked)."""
         ids, mask = jnp.asarray(ids), jnp.asarray(mask)
         h_ref = _run_batched(lambda m, im: m.encode(*im), model, (ids, mask))
         e_ref = jax.vmap(mean_pool)(h_ref, mask)
-        self.data = (ids, mask, h_ref.astype(dtype), e_ref.astype(dtype))
-        self.num_examples = len(ids)
-        self.heldout_ids = teacher.tokenizer.encode(heldout_text())
+        return ids, mask, h_ref.astype(dtype), e_ref.astype(dtype)
 
     def init(self, key):
         return _learned_student(self.teacher.model, self.cfg, key, self.dtype)
@@ -312,6 +330,11 @@ class DigitsModelTask:
     def __init__(self, teacher: Teacher, cfg: TaskConfig, dtype=jnp.float32):
         from ..teachers import digits_data, evaluate_digits_vit
 
+        if cfg.window_lengths is not None:
+            from .._config import ConfigError
+
+            raise ConfigError("config key `data.window_lengths`: random-length windows are for text teachers "
+                              "(the digits ViT sees fixed-size images)")
         self.teacher, self.cfg, self.dtype = teacher, cfg, dtype
         x_tr, _, x_te, y_te = digits_data(seed=teacher.info.get("seed", 0))
         x = jnp.asarray(x_tr[: cfg.num_chunks] if cfg.num_chunks < len(x_tr) else x_tr, dtype)
