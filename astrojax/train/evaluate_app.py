@@ -130,7 +130,7 @@ def run_evaluate(run: str, text: str | None, out: str | None = None, windows: in
                                        "sentences": len(sents), "whole_text": float(whole.mean()),
                                        "whole_text_windows": len(windows)}
             res["whole_model"] = _whole_model(teacher, student, None if text is None else bodies,
-                                              out or os.path.join(run, "evaluate.json"), c.name)
+                                              out or os.path.join(run, "evaluate.json"), f"{c.name} (m = {c.m})")
     from .._io import save_json
 
     path = out or os.path.join(run, "evaluate.json")
