@@ -1,9 +1,9 @@
 """Markdown tables of the whole-model fidelity of ``astrojax evaluate`` results.
 
-    python experiments/fidelity/whole_model/make_table.py LABEL=EVALUATE.json ... > TABLE.md
+    python experiments/fidelity/whole_model/make_table.py --row LABEL EVALUATE.json ... > TABLE.md
 
-Each argument is a row label and the JSON written by ``astrojax evaluate`` on a
-whole-model run (its ``whole_model`` entry). Prints the headline table (sentence cosine
+Each ``--row`` is a row label and the JSON written by ``astrojax evaluate`` on a
+whole-model run (its ``whole_model`` entry) or by ``warm_start.py``. Prints the headline table (sentence cosine
 mean/min over all held-out sentences, Spearman of pair similarities, top-1 nearest-
 neighbour agreement, paragraph cosine mean/min; a row of targets, and which targets each
 row meets), the per-kind sentence cosines (one column pair per row label) and the
@@ -26,13 +26,10 @@ def _mark(ok):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("rows", nargs="+", help="LABEL=EVALUATE.json")
+    ap.add_argument("--row", nargs=2, action="append", required=True, metavar=("LABEL", "EVALUATE_JSON"))
     args = ap.parse_args(argv)
     rows = []
-    for spec in args.rows:
-        label, _, path = spec.partition("=")
-        if not path:
-            ap.error(f"expected LABEL=EVALUATE.json, got {spec!r}")
+    for label, path in args.row:
         with open(path, encoding="utf-8") as f:
             ev = json.load(f)
         if "whole_model" not in ev:
