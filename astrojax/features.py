@@ -100,32 +100,6 @@ def _sq_half(x):
     return 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
 
 
-@jax.custom_vjp
-def dense(x, W):
-    """``x @ W.T`` (``x`` ``(..., D)``, ``W`` ``(m, D)``) with a gradient whose weight
-    cotangent is contracted in the ``(D, m)`` layout and transposed afterwards (a small
-    array). Autodiff of ``x @ W.T`` asks for the ``(m, D)`` layout directly, which the
-    CPU compiler meets by transposing the ``(..., m)`` cotangent first -- a strided copy
-    of the largest array of the backward pass that cost more than all its matmuls
-    together (experiments/core/README.md). Same values and gradients."""
-    return x @ W.T
-
-
-def _dense_fwd(x, W):
-    return x @ W.T, (x, W)
-
-
-def _dense_bwd(res, g):
-    x, W = res
-    xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    # the barrier keeps the compiler from folding the transpose back into the matmul
-    dWt = jax.lax.optimization_barrier(xs.T @ gs)
-    return (g @ W).astype(x.dtype), dWt.T.astype(W.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
 class PerformerFeatures(AbstractFeatureMap):
     """Positive random features ``exp(w_j . x - |x|^2/2)/sqrt(m)`` (FAVOR+).
 
@@ -162,7 +136,7 @@ class PerformerFeatures(AbstractFeatureMap):
 
     def log_features(self, x):
         self._check_input(x)
-        return dense(x, self.W) - _sq_half(x) - 0.5 * math.log(self.num_features)
+        return x @ self.W.T - _sq_half(x) - 0.5 * math.log(self.num_features)
 
 
 def orthogonal_gaussian(key, m: int, D: int, dtype=None) -> jax.Array:
@@ -203,7 +177,7 @@ class SaturatingFeatures(AbstractFeatureMap):
 
     def log_features(self, x):
         self._check_input(x)
-        raw = dense(x, self.W) - _sq_half(x)
+        raw = x @ self.W.T - _sq_half(x)
         return jnp.minimum(raw, math.log(self.rate_max)) - 0.5 * math.log(self.num_features)
 
 
@@ -288,7 +262,7 @@ class LearnedExpFeatures(AbstractFeatureMap):
 
     def log_features(self, x):
         self._check_input(x)
-        z = dense(x, self.W) + self.b
+        z = x @ self.W.T + self.b
         if self.center_norm:
             z = z - _sq_half(x)
         if self.normalize:
@@ -354,8 +328,8 @@ class DendriticExpFeatures(AbstractFeatureMap):
 
     def log_features(self, x):
         self._check_input(x)
-        d = jax.nn.gelu(dense(x, self.W1) + self.b1)
-        z = dense(d, self.W2) + dense(x, self.Wl) + self.b2 - _sq_half(x)
+        d = jax.nn.gelu(x @ self.W1.T + self.b1)
+        z = d @ self.W2.T + x @ self.Wl.T + self.b2 - _sq_half(x)
         return z - 0.5 * math.log(self.num_features)
 
 

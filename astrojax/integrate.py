@@ -324,42 +324,34 @@ def _linrec(logA, B, init=None, reverse=False, C=_BLOCK):
     (``lax.platform_dependent``): on CPU a sequential ``lax.scan`` (fastest there); on
     accelerators a blocked form with no sequential loop (:func:`_linrec_blocked`).
 
-    The gradient is the adjoint recurrence, run once in reverse by the same lowering
-    (:func:`_linrec_vjp`), rather than autodiff through the loop, which stores and
-    replays every step."""
+    Differentiated through a custom JVP: the tangent obeys the same recurrence
+    (``dz_j = a_j dz_{j-1} + dB_j + da_j z_{j-1}``), run by the same lowering, so
+    forward mode costs one more recurrence and reverse mode transposes that linear
+    recurrence into one reverse pass instead of differentiating through the loop."""
     if reverse:
         return _linrec(logA[::-1], B[::-1], init, False, C)[::-1]
     z0 = jnp.zeros(B.shape[1:], B.dtype) if init is None else jnp.broadcast_to(jnp.asarray(init, B.dtype), B.shape[1:])
-    return _linrec_vjp(logA, B, z0, C)
+    return _linrec_jvp(logA, B, z0, C)
 
 
 def _linrec_forward(logA, B, z0, C):
     return jax.lax.platform_dependent(logA, B, z0, cpu=_linrec_scan, default=functools.partial(_linrec_blocked, C=C))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _linrec_vjp(logA, B, z0, C):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _linrec_jvp(logA, B, z0, C):
     return _linrec_forward(logA, B, z0, C)
 
 
-def _linrec_vjp_fwd(logA, B, z0, C):
+@_linrec_jvp.defjvp
+def _linrec_jvp_rule(C, primals, tangents):
+    logA, B, z0 = primals
+    dlogA, dB, dz0 = tangents
     z = _linrec_forward(logA, B, z0, C)
-    return z, (logA, z, z0)
-
-
-def _linrec_vjp_bwd(C, res, gz):
-    """Adjoint of ``z_j = a_j z_{j-1} + B_j``: ``lam_j = gz_j + a_{j+1} lam_{j+1}``; then
-    ``dB = lam``, ``d log a_j = a_j <lam_j, z_{j-1}>``, ``dz0 = a_0 lam_0``."""
-    logA, z, z0 = res
-    la_next = jnp.concatenate([logA[1:], jnp.zeros((1,), logA.dtype)])
-    lam = _linrec_forward(la_next[::-1], gz[::-1], jnp.zeros_like(z0), C)[::-1]
     z_prev = jnp.concatenate([z0[None], z[:-1]])
-    a = jnp.exp(logA)
-    dlogA = a * jnp.sum((lam * z_prev).reshape(lam.shape[0], -1), axis=-1)
-    return dlogA, lam, a[0] * lam[0]
-
-
-_linrec_vjp.defvjp(_linrec_vjp_fwd, _linrec_vjp_bwd)
+    ex = (slice(None),) + (None,) * (B.ndim - 1)
+    forcing = dB + (dlogA * jnp.exp(logA))[ex] * z_prev
+    return z, _linrec_forward(logA, forcing, dz0, C)
 
 
 def _linrec_scan(logA, B, z0):

@@ -467,23 +467,3 @@ def test_softmax_and_leaky_gradients_match_finite_differences():
     check_grads(jax.jit(lambda W, q, k, v: aj.leaky_random_feature_attention(q, k, v, W, decay=0.2)[0]),
                 (W, q, k, v), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
 
-
-def test_dense_gradient_equals_the_plain_matmul_under_vmap():
-    """``features.dense`` (``x @ W.T`` with a hand-written weight cotangent in the CPU's
-    fast layout) has the values and gradients of the plain matmul, also batched with a
-    shared W (the layout of every layer), and against central differences."""
-    from astrojax.features import dense
-
-    kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
-    x = jax.random.normal(kx, (3, 5, 4), jnp.float64)
-    W = jax.random.normal(kw, (7, 4), jnp.float64)
-    G = jax.random.normal(kg, (3, 5, 7), jnp.float64)
-
-    def loss(f):
-        return lambda x, W: jnp.sum(jnp.sin(jax.vmap(lambda xi: f(xi, W))(x)) * G)
-
-    plain = jax.grad(loss(lambda x, W: x @ W.T), argnums=(0, 1))(x, W)
-    ours = jax.grad(loss(dense), argnums=(0, 1))(x, W)
-    for a, b in zip(plain, ours):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
-    check_grads(lambda x, W: dense(x, W), (x[0], W), order=1, modes=("rev",))
