@@ -151,21 +151,30 @@ def test_cli_fit_learned_features_off_grid_recovers(tmp_path):
         assert np.std(d - mdl) < 0.07 * np.std(d), x
 
 
-@pytest.mark.slow  # ~1 min: compiles the reverse-mode Jacobian with the biases free
+@pytest.mark.slow  # ~2 min: compiles the reverse-mode Jacobian with the biases free
 def test_fit_free_biases_recovers_them(tmp_path):
     """``free=[tau_a, b]`` (time constants otherwise fixed at the truth), started from
-    ``b = 0`` and ``tau_a`` 40 % off: the recorded biases and ``tau_a`` come back."""
+    ``b = 0`` and ``tau_a`` 40 % off: ``tau_a`` and the recorded biases come back, the
+    biases up to a common shift, which gain control (each drive divided by its sum over
+    the hidden neurons) makes invisible, and which the fit reports as not identifiable."""
+    import warnings
+
     from astrojax.fit import ODESettings, fit_recording
 
     rec = synthesize(TRUTH, T=T, D=D, Dv=DV, m=M, samples_per_window=SPW, noise=0.01, seed=2,
                      feature_map="learned_exp", bias_std=0.5, jitter=0.8, observe=("a", "p", "h", "y"),
                      per_neuron=True)
     init = dict(TRUTH, tau_a=0.15, b=np.zeros(M))
-    res = fit_recording(rec, free=("tau_a", "b"), init=init, feature_map="learned_exp", restarts=2, max_iters=100,
-                        settings=ODESettings(jacobian="bwd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fit_recording(rec, free=("tau_a", "b"), init=init, feature_map="learned_exp", restarts=2,
+                            max_iters=100, settings=ODESettings(jacobian="bwd"))
     assert abs(res.params["tau_a"] / TRUTH["tau_a"] - 1) < 0.02
-    err = np.max(np.abs(res.params["b"] - rec.b))
-    assert err < 0.05 * np.max(np.abs(rec.b)), (res.params["b"], rec.b)
+    centred = lambda b: b - b.mean()  # noqa: E731
+    err = np.max(np.abs(centred(res.params["b"]) - centred(rec.b)))
+    assert err < 0.02 * np.ptp(rec.b), (res.params["b"], rec.b)
+    assert any(re.search(r"not identifiable.*" + r".*".join(rf"[+-]1\.00 b\[{i}\]" for i in range(M)), w)
+               for w in res.warnings), res.warnings
 
 
 # ------------------------------------------------------------------ (c) errors

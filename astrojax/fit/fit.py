@@ -46,7 +46,9 @@ depend on ``tau_h`` (and ``W``) only; ``p`` depends on ``eta_p / tau_p`` and
 ``lambda_p / tau_p`` only, and ``H`` on ``eta_H / tau_H`` and ``lambda_H / tau_H`` only --
 so ``tau_p`` and ``tau_H`` cannot be fitted together with their gains (fix them; the
 default free set ``tau_h, tau_a, tau_y, eta_H, eta_p`` with ``tau_H = tau_p = 1`` is
-identifiable from ``a``, ``p`` and ``y``). ``y`` alone cannot separate the scale of ``a``
+identifiable from ``a``, ``p`` and ``y``). With gain control (the protocol's default) the biases ``b`` of a ``learned_exp`` map
+are identifiable only up to a common shift (each drive is divided by its sum over the
+hidden neurons). ``y`` alone cannot separate the scale of ``a``
 from ``tau_y`` (``(eta_p, eta_H, tau_y) -> c (eta_p, eta_H, tau_y)`` leaves ``y``
 unchanged): observe ``a`` or ``p`` too. A free ``scale_x`` is confounded with the gain
 that sets the amplitude of ``x`` unless another observed variable pins it. The fit
