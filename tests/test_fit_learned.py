@@ -119,6 +119,26 @@ def test_fit_problem_simulates_the_learned_map(tmp_path):
     assert np.max(np.abs(a_p - ref["a"])) / np.max(np.abs(ref["a"])) > 0.05
 
 
+def test_residual_jacobian_in_w_and_b_matches_finite_differences():
+    """With ``W`` and ``b`` free, the fit's Jacobian columns of the biases and weights
+    equal central finite differences of the residuals (jittered sample times)."""
+    from astrojax.fit import ODESettings, residual_jacobian, residual_vector
+
+    rec = synthesize(TRUTH, T=2, D=3, Dv=2, m=3, samples_per_window=6, noise=0.05, seed=0,
+                     feature_map="learned_exp", jitter=0.5)
+    problem, z0, _ = build_problem(rec, free=("tau_h", "tau_a", "W", "b"), feature_map="learned_exp",
+                                   settings=ODESettings(jacobian="bwd"))
+    labels = problem.spec.labels()
+    assert labels[-3:] == ["b[0]", "b[1]", "b[2]"] and len(z0) == 2 + 9 + 3
+    J, _ = residual_jacobian(problem, z0)
+    J = np.asarray(J)
+    for i in (2, 7, 11, 13):  # W[0], W[5], b[0], b[2]
+        e = np.zeros(len(z0))
+        e[i] = 1e-6
+        fd = (np.asarray(residual_vector(problem, z0 + e)) - np.asarray(residual_vector(problem, z0 - e))) / 2e-6
+        assert np.max(np.abs(fd)) > 1e-2 and np.max(np.abs(fd - J[:, i])) < 1e-5 * np.max(np.abs(fd)), labels[i]
+
+
 # ------------------------------------------------------------------ (b) recovery through the CLI
 
 
