@@ -156,7 +156,7 @@ def test_cli_fit_learned_features_off_grid_recovers(tmp_path):
     res = run_cli(["fit", "recording=rec.npz", "feature_map=learned_exp", "restarts=2", *start, "jacobian=bwd",
                    "progress=false", "hydra.run.dir=frun"], tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "feature map learned_exp" in res.stdout and "converged" in res.stdout, res.stdout
+    assert "feature map learned_exp" in res.stdout and ", converged," in res.stdout, res.stdout
     run = tmp_path / "frun"
     for name in ("fit.json", "restarts.csv", "history.csv", "predictions.npz", "fit_a.png", "fit_y.png",
                  "history.png", "config.yaml"):
@@ -229,11 +229,19 @@ def test_feature_map_config_errors_name_the_key():
             to_config(RecordConfig, change)
 
 
-def test_cli_free_b_with_performer_is_one_line_exit_2(tmp_path):
+def test_cli_feature_map_errors_are_one_line_exit_2(tmp_path):
+    """``free=[...,b]`` with the performer map, and a learned-map recording fitted with
+    the default (performer) map: one line naming the key, exit 2, no run directory."""
     res = run_cli(["fit", "recording=rec.npz", "free=[tau_a,b]"], tmp_path)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "config key `free`" in lines[0], res.stderr
     assert "feature_map=learned_exp" in lines[0] and not (tmp_path / "runs").exists()
+    save_recording(tmp_path / "rec.npz", synthesize(TRUTH, T=2, D=D, Dv=DV, m=4, samples_per_window=4, seed=1,
+                                                    feature_map="learned_exp"))
+    res = run_cli(["fit", "recording=rec.npz", "hydra.run.dir=frun"], tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "config key `feature_map`" in lines[0], res.stderr
+    assert "set feature_map=learned_exp" in lines[0] and not (tmp_path / "frun").exists()
 
 
 def test_recording_and_fit_errors_name_the_key(tmp_path):

@@ -339,6 +339,9 @@ def run_fit(cfg, out_dir: str):
             raise RecordingError(f"{e} (a calcium-imaging recording of the Li-Rinzel astrocyte? use "
                                  "astrocyte=li_rinzel)") from None
         raise
+    if rec.feature_map == "learned_exp" and c["feature_map"] != "learned_exp":  # before the run directory fills
+        raise ConfigError(f"config key `feature_map`: the recording {rec.source} holds a learned_exp feature map "
+                          f"(W and biases b); set feature_map=learned_exp, got {c['feature_map']}")
     d_rtol, d_atol = (1e-8, 1e-10) if c["x64"] else (1e-5, 1e-7)
     settings = ODESettings(rtol=c["rtol"] or d_rtol, atol=c["atol"] or d_atol, max_steps=c["max_steps"],
                            jacobian=c["jacobian"])
