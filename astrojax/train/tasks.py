@@ -200,10 +200,10 @@ class HeadsTask:
         w = self.cfg.loss_weights
 
         def per_example(q, k, v, y_ref, logZ, mask):  # (heads, T, D), mask (T,) or None
-            y, a = student(q, k, v, key_mask=mask)
+            y, log_a = student.log_response(q, k, v, key_mask=mask)
             per_head = lambda f, *xs: jax.vmap(lambda *h: f(*h, mask))(*xs).mean()  # noqa: E731
             terms = {"y": per_head(losses.readout_error, y, y_ref),
-                     "log_a": per_head(losses.log_normaliser_error, a, logZ)}
+                     "log_a": per_head(losses.log_normaliser_error, log_a, logZ)}
             if w.get("kl", 0.0):
                 w_ref = jax.vmap(lambda q, k: softmax_weights(q, k, key_mask=mask)[0])(q, k)
                 terms["kl"] = per_head(losses.attention_kl, w_ref, student.attention(q, k, key_mask=mask))
