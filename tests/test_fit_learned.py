@@ -122,12 +122,11 @@ def test_fit_problem_simulates_the_learned_map(tmp_path):
 def test_residual_jacobian_in_w_and_b_matches_finite_differences():
     """With ``W`` and ``b`` free, the fit's Jacobian columns of the biases and weights
     equal central finite differences of the residuals (jittered sample times)."""
-    from astrojax.fit import ODESettings, residual_jacobian
+    from astrojax.fit import residual_jacobian
 
     rec = synthesize(TRUTH, T=2, D=3, Dv=2, m=3, samples_per_window=6, noise=0.05, seed=0,
                      feature_map="learned_exp", jitter=0.5)
-    problem, z0, _ = build_problem(rec, free=("tau_h", "tau_a", "W", "b"), feature_map="learned_exp",
-                                   settings=ODESettings(jacobian="bwd"))
+    problem, z0, _ = build_problem(rec, free=("tau_h", "tau_a", "W", "b"), feature_map="learned_exp")
     labels = problem.spec.labels()
     assert labels[-3:] == ["b[0]", "b[1]", "b[2]"] and len(z0) == 2 + 9 + 3
     J, _ = residual_jacobian(problem, z0)
@@ -153,7 +152,7 @@ def test_cli_fit_learned_features_off_grid_recovers(tmp_path):
                    "jitter=0.8", "plot=false", "hydra.run.dir=rrun"], tmp_path)
     assert res.returncode == 0, res.stderr
     start = [f"params.{n}={v}" for n, v in START.items()]
-    res = run_cli(["fit", "recording=rec.npz", "feature_map=learned_exp", "restarts=2", *start, "jacobian=bwd",
+    res = run_cli(["fit", "recording=rec.npz", "feature_map=learned_exp", "restarts=2", *start,
                    "progress=false", "hydra.run.dir=frun"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "feature map learned_exp" in res.stdout and ", converged," in res.stdout, res.stdout
@@ -181,7 +180,7 @@ def test_fit_free_biases_recovers_them(tmp_path):
     the hidden neurons) makes invisible, and which the fit reports as not identifiable."""
     import warnings
 
-    from astrojax.fit import ODESettings, fit_recording
+    from astrojax.fit import fit_recording
 
     rec = synthesize(TRUTH, T=T, D=D, Dv=DV, m=M, samples_per_window=SPW, noise=0.01, seed=2,
                      feature_map="learned_exp", bias_std=0.5, jitter=0.8, observe=("a", "p", "h", "y"),
@@ -190,7 +189,7 @@ def test_fit_free_biases_recovers_them(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = fit_recording(rec, free=("tau_a", "b"), init=init, feature_map="learned_exp", restarts=2,
-                            max_iters=100, settings=ODESettings(jacobian="bwd"))
+                            max_iters=100)
     assert abs(res.params["tau_a"] / TRUTH["tau_a"] - 1) < 0.02
     centred = lambda b: b - b.mean()  # noqa: E731
     err = np.max(np.abs(centred(res.params["b"]) - centred(rec.b)))

@@ -29,7 +29,7 @@ START = dict(tau_h=0.09, tau_a=0.15, tau_y=0.28, eta_H=0.8, eta_p=1.1)  # 33-47 
 SPW = 20
 RECORD = ["record", "out=rec.npz", "feature_map=learned_exp", "jitter=0.8", "seed=1", "plot=false",
           "hydra.run.dir=rrun"]
-FIT = ["fit", "recording=rec.npz", "feature_map=learned_exp", "jacobian=bwd", "restarts=4",
+FIT = ["fit", "recording=rec.npz", "feature_map=learned_exp", "restarts=4",
        *[f"params.{n}={v}" for n, v in START.items()], "progress=false", "hydra.run.dir=frun"]
 
 
