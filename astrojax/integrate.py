@@ -322,11 +322,36 @@ def _linrec(logA, B, init=None, reverse=False, C=_BLOCK):
 
     Two lowerings of the same recurrence, chosen per platform when compiled
     (``lax.platform_dependent``): on CPU a sequential ``lax.scan`` (fastest there); on
-    accelerators a blocked form with no sequential loop (:func:`_linrec_blocked`)."""
+    accelerators a blocked form with no sequential loop (:func:`_linrec_blocked`).
+
+    Differentiated through a custom JVP: the tangent obeys the same recurrence
+    (``dz_j = a_j dz_{j-1} + dB_j + da_j z_{j-1}``), run by the same lowering, so
+    forward mode costs one more recurrence and reverse mode transposes that linear
+    recurrence into one reverse pass instead of differentiating through the loop."""
     if reverse:
         return _linrec(logA[::-1], B[::-1], init, False, C)[::-1]
     z0 = jnp.zeros(B.shape[1:], B.dtype) if init is None else jnp.broadcast_to(jnp.asarray(init, B.dtype), B.shape[1:])
+    return _linrec_jvp(logA, B, z0, C)
+
+
+def _linrec_forward(logA, B, z0, C):
     return jax.lax.platform_dependent(logA, B, z0, cpu=_linrec_scan, default=functools.partial(_linrec_blocked, C=C))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _linrec_jvp(logA, B, z0, C):
+    return _linrec_forward(logA, B, z0, C)
+
+
+@_linrec_jvp.defjvp
+def _linrec_jvp_rule(C, primals, tangents):
+    logA, B, z0 = primals
+    dlogA, dB, dz0 = tangents
+    z = _linrec_forward(logA, B, z0, C)
+    z_prev = jnp.concatenate([z0[None], z[:-1]])
+    ex = (slice(None),) + (None,) * (B.ndim - 1)
+    forcing = dB + (dlogA * jnp.exp(logA))[ex] * z_prev
+    return z, _linrec_forward(logA, forcing, dz0, C)
 
 
 def _linrec_scan(logA, B, z0):
@@ -484,9 +509,13 @@ def _y_coeffs(P, a0, P1, P2, g, n_sub, end=1.0):
 
 
 class _Episode(eqx.Module):
-    """Per-window inputs of one episode in the gain-controlled units (see module doc)."""
+    """Per-window inputs of one episode in the gain-controlled units (see module doc).
+    The hidden drives are kept per token (``Fk`` of write windows, ``Fq`` of read
+    windows): the linear and chunked forms use them that way, and only the window-by-window
+    forms need them in schedule order (:attr:`F`)."""
 
-    F: jax.Array  # (J, m) hidden drive of window j (normalised if gain control)
+    Fk: jax.Array  # (T, m) hidden drive of the write window of token t (normalised if gain control)
+    Fq: jax.Array  # (T, m) hidden drive of its read window
     sigma: jax.Array  # (J,) log total drive of window j (0 without gain control)
     mu: jax.Array  # (J,) memory log-scale in force during window j
     v: jax.Array  # (T, Dv)
@@ -501,6 +530,23 @@ class _Episode(eqx.Module):
     sched: Schedule = eqx.field(static=True)
     normalised_gain: bool = eqx.field(static=True, default=False)
     continued: bool = eqx.field(static=True, default=False)  # started from a Carry
+
+    @property
+    def F(self) -> jax.Array:
+        """``(J, m)`` the hidden drive of every window in schedule order."""
+        return _schedule_order(self.Fk, self.Fq, self.sched.causal)
+
+    @property
+    def dtype(self):
+        return self.Fk.dtype
+
+
+def _schedule_order(xk, xq, causal: bool):
+    """Per-token arrays of write and read windows ``(T, ...)`` in schedule order ``(2T, ...)``
+    (interleaved for the causal protocol, writes then reads for the bidirectional one)."""
+    if causal:
+        return jnp.stack([xk, xq], axis=1).reshape((2 * xk.shape[0],) + xk.shape[1:])
+    return jnp.concatenate([xk, xq], axis=0)
 
 
 def _read_gain(ep, j_is_read, P1, g):
@@ -519,25 +565,25 @@ def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: boo
     start = Carry.zeros(m, v.shape[1], dtype) if init is None else init
     mu0 = jnp.asarray(start.mu, dtype)
     ln0 = jnp.asarray(start.log_n, dtype)
-    # the windows' drives in schedule order (static layouts: no gather)
-    L = jnp.stack([lk, lq], axis=1).reshape(2 * T, m) if sched.causal else jnp.concatenate([lk, lq], axis=0)
-    tok = jnp.asarray(sched.token)
     valid = jnp.ones((T,), dtype) if mask is None else jnp.asarray(mask).astype(dtype)
-    vwin = valid[tok]
+    vwin = _schedule_order(valid, valid, sched.causal)
     write = jnp.asarray(sched.write, dtype)
-    if gain_control:
+
+    def drive(L):  # (T, m) log drives -> hidden drives and their log totals (T,)
+        if not gain_control:
+            return (jnp.exp(L) if positive else L), jnp.zeros((T,), dtype)
         # unit total rate x sqrt(m): equal to phi itself for small inputs (phi_j ~ 1/sqrt(m))
         # one pass of exp: shifted rates, their total, then the normalised drive
         top = jax.lax.stop_gradient(jnp.max(L, axis=-1, keepdims=True))
         top = jnp.where(jnp.isfinite(top), top, 0.0)
         E = jnp.exp(L - top)
         tot = jnp.sum(E, axis=-1)
-        sigma = jnp.log(tot) + top[:, 0]  # -inf for a window with no drive at all
-        F = E * (float(np.sqrt(m)) / jnp.where(tot > 0, tot, 1.0))[:, None]
-    else:
-        sigma = jnp.zeros((L.shape[0],), dtype)
-        F = jnp.exp(L) if positive else L
-    F = F * vwin[:, None]
+        # sigma: -inf for a window with no drive at all
+        return E * (float(np.sqrt(m)) / jnp.where(tot > 0, tot, 1.0))[:, None], jnp.log(tot) + top[:, 0]
+
+    (Fk, sk), (Fq, sq) = drive(lk), drive(lq)
+    Fk, Fq = Fk * valid[:, None], Fq * valid[:, None]
+    sigma = _schedule_order(sk, sq, sched.causal)
     # memory log-scale: running max of sigma over valid writes
     sw = jnp.where((write * vwin) > 0, sigma, _FLOOR)
     if gain_control:
@@ -557,9 +603,9 @@ def _episode(lk, lq, v, mask, sched: Schedule, gain_control: bool, positive: boo
     else:
         nwritten = jnp.exp(ln0) + jnp.cumsum(write * vwin)
     gain = jnp.where(write > 0, 0.0, 1.0 / jnp.maximum(nwritten, 1.0))
-    V = jnp.zeros((L.shape[0], v.shape[1]), dtype).at[jnp.asarray(sched.write_idx)].set(v)
+    V = jnp.zeros((2 * T, v.shape[1]), dtype).at[jnp.asarray(sched.write_idx)].set(v)
     S0 = jax.tree.map(lambda x: jnp.asarray(x, dtype), start.state)
-    return _Episode(F, sigma, mu, v, V, vwin, gain, jnp.maximum(nwritten, 1.0), omega, rescale, S0,
+    return _Episode(Fk, Fq, sigma, mu, v, V, vwin, gain, jnp.maximum(nwritten, 1.0), omega, rescale, S0,
                     jnp.log(nwritten[-1]), sched, normalised_gain, init is not None)
 
 
@@ -572,9 +618,8 @@ def _bidirectional_reads(P, ep: _Episode):
     projected (Dv- or 1-dimensional) spaces."""
     T = ep.v.shape[0]
     d = ep.sched.write_delay
-    F, valid = ep.F, ep.valid
-    Fw, Fr, vw, vr = F[:T], F[T:], valid[:T], valid[T:]
-    dtype = F.dtype
+    Fw, Fr, vw, vr = ep.Fk, ep.Fq, ep.valid[:T], ep.valid[T:]
+    dtype = ep.dtype
     c = jnp.exp(-1.0 / P.tau_h)
     cw = jnp.where(vw > 0, c, 1.0)
     lw = -vw / P.tau_h  # log cw
@@ -590,14 +635,19 @@ def _bidirectional_reads(P, ep: _Episode):
     # sum_i u_i h0_i^T = sum_l (1 - c_l) Z_l F_l^T,  Z_l = u_{l+1} + c_{l+1} Z_{l+1}
     Zs = _shift_left(_linrec(lw, jnp.concatenate([u, up[:, None]], axis=1), reverse=True))
     Z, Zp = Zs[:, :-1], Zs[:, -1]
-    Hmem = ((IH1 - IH2) * u + IH2 * (1.0 - cw)[:, None] * Z).T @ Fw  # (Dv, m)
-    pmem = ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp) @ Fw  # (m,)
     Q = jnp.exp(jnp.concatenate([jnp.cumsum(lw[:0:-1])[::-1], jnp.zeros((1,), dtype)]))  # prod_{l > j} cw_l
-    h_last = ((1.0 - cw) * Q) @ Fw
-    FrH, Frp = Fr @ Hmem.T, Fr @ pmem
+    # one pass over the write drives: the memory H (Dv rows), p, and the last hidden rate
+    mem = jnp.concatenate([
+        (IH1 - IH2) * u + IH2 * (1.0 - cw)[:, None] * Z,
+        ((Ip1 - Ip2) * up + Ip2 * (1.0 - cw) * Zp)[:, None],
+        ((1.0 - cw) * Q)[:, None]], axis=1).T @ Fw  # (Dv + 2, m)
+    Hp, h_last = mem[:-1], mem[-1]
+    # one pass over the read drives: F_t . H and F_t . p
+    R = Fr @ Hp.T  # (T, Dv + 1)
+    FrH, Frp = R[:, :-1], R[:, -1]
     from_F = -jnp.expm1(lr)  # 1 - cr
-    x0 = jnp.concatenate([Hmem @ h_last, (pmem @ h_last)[None]])
-    Xs = _shift_right(_linrec(lr, from_F[:, None] * jnp.concatenate([FrH, Frp[:, None]], axis=1), x0), x0)
+    x0 = Hp @ h_last
+    Xs = _shift_right(_linrec(lr, from_F[:, None] * R, x0), x0)
     X, Xp = Xs[:, :-1], Xs[:, -1]
     B = jnp.cumsum(vr) - vr  # valid read windows before each read
     dH = jnp.exp(-P.decay_H * B)[:, None]
@@ -615,8 +665,8 @@ def _causal_reads(P, ep: _Episode, C: int):
     """Chunked form: ``C`` tokens (``2C`` windows) at a time; masked ``C x C`` kernels
     inside a chunk, the synaptic matrix and process calcium carried between chunks."""
     T, Dv = ep.v.shape
-    m = ep.F.shape[1]
-    dtype = ep.F.dtype
+    m = ep.Fk.shape[1]
+    dtype = ep.dtype
     d = ep.sched.write_delay
     C = min(C, T)
     nc = -(-T // C)
@@ -626,11 +676,13 @@ def _causal_reads(P, ep: _Episode, C: int):
         x = jnp.concatenate([x, jnp.full((2 * pad,) + x.shape[1:], val, x.dtype)])
         return x.reshape((nc, 2 * C) + x.shape[1:])
 
-    F = padw(ep.F)
+    def padt(x):  # (T, ...) tokens -> (nc, C, ...)
+        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+        return x.reshape((nc, C) + x.shape[1:])
+
     valid = padw(ep.valid)
     sigma = padw(ep.sigma)
     mu = padw(ep.mu, jnp.max(ep.mu))  # padded windows: identity, scale unchanged
-    vpad = jnp.concatenate([ep.v, jnp.zeros((pad, Dv), dtype)]).reshape(nc, C, Dv)
     c = jnp.exp(-1.0 / P.tau_h)
     IH1, IH2 = _write_integrals(P.decay_H, P.tau_h, d)
     Ip1, Ip2 = _write_integrals(P.decay_p, P.tau_h, d)
@@ -641,10 +693,13 @@ def _causal_reads(P, ep: _Episode, C: int):
     lower = jj[:, None] > jj[None, :]
     tr, tw = np.arange(C)[:, None], np.arange(C)[None, :]
     causal_tt = jnp.asarray(tr >= tw)
+    kw, rw = slice(0, None, 2), slice(1, None, 2)  # write and read windows of a chunk
 
     def chunk(carry, xs):
-        h_end, Hc, pc, mu_c = carry
-        Fc, vc, sc, muc, val = xs  # the plasticity factors exp(sigma - mu) enter through `base`
+        # Hp: the synaptic matrix (Dv rows) and the process calcium (last row), in units
+        # of the memory scale exp(mu_c) in force at the chunk start
+        h_end, Hp, mu_c = carry
+        Fk, Fq, vc, sc, muc, val = xs  # the plasticity factors exp(sigma - mu) enter through `base`
         lc = -val / P.tau_h  # log c_i of each window (0 for skipped ones)
         cw = jnp.exp(lc)
         # hidden rates at window starts: h0_j = prod_{i<j} c_i h_end + sum_{l<j} (1-c_l) prod_{l<i<j} c_i F_l
@@ -652,17 +707,17 @@ def _causal_reads(P, ep: _Episode, C: int):
         CPs = jnp.concatenate([jnp.ones((1, n), dtype), CP[:-1]], axis=0)  # prod_{l<i<j}
         Mh = jnp.where(lower, -jnp.expm1(lc)[None, :] * CPs, 0.0)
         ex = jnp.exp(jnp.cumsum(lc) - lc)  # prod_{i<j} c_i
-        h0 = Mh @ Fc + ex[:, None] * h_end[None, :]
-        h_end_new = cw[-1] * h0[-1] + (1.0 - cw[-1]) * Fc[-1]
-        Fk, Fq, h0w, h0r = Fc[0::2], Fc[1::2], h0[0::2], h0[1::2]
-        vk = val[0::2]
-        sk = sc[0::2]
-        mu_t = muc[1::2]  # scale in force at each read
+        # by blocks of write/read windows (the drives stay per token: no interleaved copy)
+        h0w = Mh[kw, kw] @ Fk + Mh[kw, rw] @ Fq + ex[kw, None] * h_end[None, :]
+        h0r = Mh[rw, kw] @ Fk + Mh[rw, rw] @ Fq + ex[rw, None] * h_end[None, :]
+        h_end_new = cw[-1] * h0r[-1] + (1.0 - cw[-1]) * Fq[-1]
+        vk = val[kw]
+        sk = sc[kw]
+        mu_t = muc[rw]  # scale in force at each read
         mu_e = muc[-1]
         Vc = jnp.cumsum(val)
-        lag = Vc[1::2][:, None] - Vc[0::2][None, :] - val[1::2][:, None]  # windows between write tau and read t
-        G = jnp.concatenate([Fq, h0r]) @ jnp.concatenate([Fk, h0w]).T  # (2C, 2C)
-        GFF, GF0, G0F, G00 = G[:C, :C], G[:C, C:], G[C:, :C], G[C:, C:]
+        lag = Vc[rw][:, None] - Vc[kw][None, :] - val[rw][:, None]  # windows between write tau and read t
+        GFF, GF0, G0F, G00 = Fq @ Fk.T, Fq @ h0w.T, h0r @ Fk.T, h0r @ h0w.T
         base = jnp.minimum(sk[None, :] - mu_t[:, None], 0.0)
         wH = jnp.where(causal_tt, vk[None, :] * gH * jnp.exp(base - P.decay_H * lag), 0.0)
         wp = jnp.where(causal_tt, vk[None, :] * gp * jnp.exp(base - P.decay_p * lag), 0.0)
@@ -670,27 +725,29 @@ def _causal_reads(P, ep: _Episode, C: int):
         KH0 = (IH1 - IH2) * G0F + IH2 * G00
         KpF = (Ip1 - Ip2) * GFF + Ip2 * GF0
         Kp0 = (Ip1 - Ip2) * G0F + Ip2 * G00
-        lag0 = Vc[1::2] - val[1::2]  # windows from the chunk start to the start of read t
+        lag0 = Vc[rw] - val[rw]  # windows from the chunk start to the start of read t
         fH = jnp.exp(jnp.minimum(mu_c - mu_t, 0.0) - P.decay_H * lag0)
         fp = jnp.exp(jnp.minimum(mu_c - mu_t, 0.0) - P.decay_p * lag0)
-        Y1 = (wH * KHF) @ vc + fH[:, None] * (Fq @ Hc.T)
-        Y2 = (wH * KH0) @ vc + fH[:, None] * (h0r @ Hc.T)
-        P1 = jnp.sum(wp * KpF, -1) + fp * (Fq @ pc)
-        P2 = jnp.sum(wp * Kp0, -1) + fp * (h0r @ pc)
+        Rq, R0 = Fq @ Hp.T, h0r @ Hp.T  # the carried memory seen by the reads (C, Dv + 1)
+        Y1 = (wH * KHF) @ vc + fH[:, None] * Rq[:, :-1]
+        Y2 = (wH * KH0) @ vc + fH[:, None] * R0[:, :-1]
+        P1 = jnp.sum(wp * KpF, -1) + fp * Rq[:, -1]
+        P2 = jnp.sum(wp * Kp0, -1) + fp * R0[:, -1]
         # carry to the end of the chunk
-        lag_e = Vc[-1] - Vc[0::2]
+        lag_e = Vc[-1] - Vc[kw]
         eH = vk * gH * jnp.exp(jnp.minimum(sk - mu_e, 0.0) - P.decay_H * lag_e)
         ep_ = vk * gp * jnp.exp(jnp.minimum(sk - mu_e, 0.0) - P.decay_p * lag_e)
-        KtH = (IH1 - IH2) * Fk + IH2 * h0w
-        Ktp = (Ip1 - Ip2) * Fk + Ip2 * h0w
         sH = jnp.exp(jnp.minimum(mu_c - mu_e, 0.0) - P.decay_H * Vc[-1])
         sp = jnp.exp(jnp.minimum(mu_c - mu_e, 0.0) - P.decay_p * Vc[-1])
-        Hc = sH * Hc + (eH[:, None] * vc).T @ KtH
-        pc = sp * pc + ep_ @ Ktp
-        return (h_end_new, Hc, pc, mu_e), (Y1, Y2, P1, P2)
+        wv = jnp.concatenate([eH[:, None] * vc, ep_[:, None]], axis=1)  # (C, Dv + 1)
+        I1 = jnp.concatenate([jnp.full((Dv,), IH1 - IH2), (Ip1 - Ip2)[None]])
+        I2 = jnp.concatenate([jnp.full((Dv,), IH2), Ip2[None]])
+        decay = jnp.concatenate([jnp.full((Dv,), sH), sp[None]])
+        Hp = decay[:, None] * Hp + (wv * I1).T @ Fk + (wv * I2).T @ h0w
+        return (h_end_new, Hp, mu_e), (Y1, Y2, P1, P2)
 
-    init = (jnp.zeros((m,), dtype), jnp.zeros((Dv, m), dtype), jnp.zeros((m,), dtype), jnp.asarray(_FLOOR, dtype))
-    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (F, vpad, sigma, mu, valid))
+    init = (jnp.zeros((m,), dtype), jnp.zeros((Dv + 1, m), dtype), jnp.asarray(_FLOOR, dtype))
+    _, (Y1, Y2, P1, P2) = jax.lax.scan(chunk, init, (padt(ep.Fk), padt(ep.Fq), padt(ep.v), sigma, mu, valid))
     Y1, Y2 = Y1.reshape(nc * C, Dv)[:T], Y2.reshape(nc * C, Dv)[:T]
     P1, P2 = P1.reshape(-1)[:T], P2.reshape(-1)[:T]
     J = 2 * T
@@ -704,7 +761,7 @@ def _readout_stage(P, ep: _Episode, Y1, Y2, P1, P2, n_sub):
     """The astrocyte response and the shunted read-out over all windows, given each
     window's memory projections. Returns window-end ``y`` (J, Dv), ``a`` (J,) and the
     fixed-point residual at window ends (J,)."""
-    dtype = ep.F.dtype
+    dtype = ep.dtype
     valid = ep.valid
     g = _read_gain(ep, jnp.asarray(ep.sched.read), P1, ep.gain)
     on = valid > 0
@@ -727,11 +784,12 @@ def _readout_stage(P, ep: _Episode, Y1, Y2, P1, P2, n_sub):
     return y_end, a_end, resid, g
 
 
-def _window_state(P, S0: State, ep: _Episode, j, s, n_sub):
+def _window_state(P, S0: State, ep: _Episode, j, s, n_sub, F_all):
     """Exact state at offset ``s`` into window ``j`` from its start state ``S0`` (the
-    memory rescaling of window ``j`` already applied). Skipped windows are identity."""
+    memory rescaling of window ``j`` already applied). Skipped windows are identity.
+    ``F_all``: ``ep.F``, the drives in schedule order (built once by the caller)."""
     d = ep.sched.write_delay
-    F, V = ep.F[j], ep.V[j]
+    F, V = F_all[j], ep.V[j]
     g = _read_gain(ep, jnp.asarray(ep.sched.read)[j], S0.p @ F, ep.gain[j])
     w = jnp.asarray(ep.sched.write)[j].astype(F.dtype)
     om = ep.omega[j] * w
@@ -756,12 +814,13 @@ def _window_state(P, S0: State, ep: _Episode, j, s, n_sub):
 def _window_starts(P, ep: _Episode, n_sub):
     """Start state of every window (memory rescaling applied), by carrying the full
     state window by window from ``ep.S0``; also the state at the end of the last window."""
-    J = ep.F.shape[0]
+    F = ep.F
+    J = F.shape[0]
 
     def step(S, j):
         r = ep.rescale[j]
         S = eqx.tree_at(lambda s: (s.H, s.p), S, (S.H * r, S.p * r))
-        return _window_state(P, S, ep, j, 1.0, n_sub), S
+        return _window_state(P, S, ep, j, 1.0, n_sub, F), S
 
     end, starts = jax.lax.scan(step, ep.S0, jnp.arange(J))
     return starts, end
@@ -775,12 +834,13 @@ def _window_of(ts, J, xp=jnp):
 
 
 def _samples(P, ep, starts, ts, fn, n_sub):
-    j, s = _window_of(jnp.asarray(ts, ep.F.dtype), ep.F.shape[0])
+    F = ep.F
+    j, s = _window_of(jnp.asarray(ts, ep.dtype), F.shape[0])
     fn = fn or (lambda x: x)
 
     def one(j, s):
         S0 = jax.tree.map(lambda x: x[j], starts)
-        return fn(_window_state(P, S0, ep, j, s, n_sub))
+        return fn(_window_state(P, S0, ep, j, s, n_sub, F))
 
     return jax.vmap(one)(j, s)
 
@@ -810,9 +870,11 @@ def _fast(P, ep: _Episode, method: FastPath, saveat: SaveAt):
         ys = _samples(P, ep, starts, saveat.ts, saveat.fn, method.n_sub)
     trace = None
     if saveat.trace:
-        J = ep.F.shape[0]
-        ends = jax.vmap(lambda j: _window_state(P, jax.tree.map(lambda x: x[j], starts), ep, j, 1.0, method.n_sub))(jnp.arange(J))
-        trace = Trace(t=jnp.arange(1, J + 1, dtype=ep.F.dtype), h_mean=ends.h.mean(-1), p_sum=ends.p.sum(-1),
+        F = ep.F
+        J = F.shape[0]
+        ends = jax.vmap(lambda j: _window_state(P, jax.tree.map(lambda x: x[j], starts), ep, j, 1.0, method.n_sub, F))(
+            jnp.arange(J))
+        trace = Trace(t=jnp.arange(1, J + 1, dtype=ep.dtype), h_mean=ends.h.mean(-1), p_sum=ends.p.sum(-1),
                       a=ends.a, y=ends.y)
     stats = {"n_sub": method.n_sub, "gain": g_used, "overlap": P1}
     final = None
@@ -825,8 +887,9 @@ def _fast(P, ep: _Episode, method: FastPath, saveat: SaveAt):
 
 
 def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
-    dtype = ep.F.dtype
-    J, m = ep.F.shape
+    dtype = ep.dtype
+    F_all = ep.F
+    J, m = F_all.shape
     Dv = ep.v.shape[1]
     d = ep.sched.write_delay
     edges = [0.0, d, 1.0] if d > 0 else [0.0, 1.0]
@@ -849,7 +912,7 @@ def _diffrax(P, ep: _Episode, method: DiffraxPath, saveat: SaveAt):
         grid = jnp.asarray(grid, dtype)
     else:
         grid = jnp.zeros((J, nseg, 1), dtype)
-    xs = (ep.F, ep.V, write * ep.omega, read, ep.gain, ep.valid, ep.rescale, jnp.arange(J, dtype=dtype), grid)
+    xs = (F_all, ep.V, write * ep.omega, read, ep.gain, ep.valid, ep.rescale, jnp.arange(J, dtype=dtype), grid)
     term = diffrax.ODETerm(vector_field)
     controller = diffrax.PIDController(rtol=method.rtol, atol=method.atol) if method.adaptive else diffrax.ConstantStepSize()
     fn = saveat.fn or (lambda x: x)

@@ -466,3 +466,4 @@ def test_softmax_and_leaky_gradients_match_finite_differences():
                 modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
     check_grads(jax.jit(lambda W, q, k, v: aj.leaky_random_feature_attention(q, k, v, W, decay=0.2)[0]),
                 (W, q, k, v), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+

@@ -2,6 +2,7 @@
 solve_ivp on the same equations, measured convergence orders, and the two paths."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -247,6 +248,47 @@ def test_window_recurrence_lowerings_match_a_loop():
         x = rng.normal(size=J)
         np.testing.assert_array_equal(np.asarray(_cummax(jnp.asarray(x), -0.3)),
                                       np.maximum.accumulate(np.maximum(x, -0.3)))
+
+
+def test_window_recurrence_derivatives_match_a_loop():
+    """The recurrences' custom JVP (the tangent recurrence) gives the derivatives of a
+    plain Python loop in reverse mode, forward mode and second order."""
+    from astrojax.integrate import _linrec
+
+    rng = np.random.default_rng(1)
+    J = 9
+    la = jnp.asarray(-rng.exponential(1.0, J))
+    B = jnp.asarray(rng.normal(size=(J, 3)))
+    z0 = jnp.asarray(rng.normal(size=3))
+
+    def loop(la, B, z0):
+        z, out = z0, []
+        for j in range(J):
+            z = jnp.exp(la[j]) * z + B[j]
+            out.append(z)
+        return jnp.stack(out)
+
+    ours = lambda la, B, z0: jnp.sum(jnp.sin(_linrec(la, B, z0)))  # noqa: E731
+    ref = lambda la, B, z0: jnp.sum(jnp.sin(loop(la, B, z0)))  # noqa: E731
+    for transform in (jax.grad, jax.jacfwd):
+        for a, b in zip(transform(ours, (0, 1, 2))(la, B, z0), transform(ref, (0, 1, 2))(la, B, z0)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(jax.hessian(ours)(la, B, z0)), np.asarray(jax.hessian(ref)(la, B, z0)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_forward_mode_through_the_fast_path_equals_reverse_mode():
+    """``jax.jacfwd`` works through the whole fast path (the fit's default Jacobian) and
+    equals ``jax.jacrev``, both protocols."""
+    q, k, v, W = _head(T=6)
+    P = aj.NeuronAstrocyteParams(**GENERIC)
+    for kind in PROTOCOLS:
+        def f(tau, W):
+            y, a = aj.simulate_attention(q, k, v, W, protocol=kind, params=eqx.tree_at(lambda p: p.tau_h, P, tau))
+            return jnp.concatenate([y.ravel(), jnp.log(a)])
+
+        for a, b in zip(jax.jacfwd(f, (0, 1))(P.tau_h, W), jax.jacrev(f, (0, 1))(P.tau_h, W)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("kind", PROTOCOLS)

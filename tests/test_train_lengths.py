@@ -296,3 +296,36 @@ def test_random_length_training_resumes_bitwise(tmp_path, monkeypatch):
     run_train(cfg(), str(tmp_path / "killed"))
     for a, b in zip(_leaves(tmp_path / "full"), _leaves(tmp_path / "killed"), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_head_loss_finite_where_the_normaliser_overflows_float32():
+    """Long windows have teacher normalisers Z beyond float32 (log Z > 88): training
+    compares the student's log a (finite) with log Z, so the loss and its gradient stay
+    finite there, and log a is the log of the response a where a is representable."""
+    from astrojax.train import losses
+    from astrojax.train.students import HeadStudents
+
+    H, T, D = 2, 64, 8
+    kq, kk, kv, ks = jax.random.split(jax.random.PRNGKey(0), 4)
+    q, k = (jax.random.normal(x, (H, T, D), jnp.float32) for x in (kq, kk))
+    v = jax.random.normal(kv, (H, T, D), jnp.float32)
+    student = HeadStudents(H, 16, D, key=ks, feature_map="learned", dtype=jnp.float32)
+    y, log_a = student.log_response(q, k, v)
+    y1, a = student(q, k, v)
+    np.testing.assert_allclose(np.asarray(log_a), np.log(np.asarray(a)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y1), rtol=1e-6, atol=1e-6)
+    # keys aligned with the queries and scaled up: log Z far above float32's log max
+    big_q, big_k = 6.0 * q, 6.0 * q
+    logZ = jax.scipy.special.logsumexp(jnp.einsum("htd,hsd->hts", big_q, big_k) * D ** -0.5, axis=-1)
+    assert float(jnp.max(logZ)) > 88.7
+    # a student whose response is as large (hidden rates e^60): a itself overflows float32
+    student = eqx.tree_at(lambda s: s.features.b, student, student.features.b + 60.0)
+    assert bool(jnp.any(jnp.isinf(student(big_q, big_k, v)[1])))
+
+    def loss(student):
+        y, log_a = student.log_response(big_q, big_k, v)
+        return jax.vmap(losses.log_normaliser_error)(log_a, logZ).mean()
+
+    val, g = eqx.filter_value_and_grad(loss)(student)
+    assert np.isfinite(float(val))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array)))

@@ -28,6 +28,7 @@ from .fit import (
 )
 from .model import Episode, ODESettings, default_readout, make_episode, simulate_traces
 from .recording import (
+    FEATURE_MAPS,
     OBSERVABLES,
     RECORDING_KEYS,
     Recording,
@@ -45,6 +46,7 @@ __all__ = [
     "Recording",
     "RecordingError",
     "OBSERVABLES",
+    "FEATURE_MAPS",
     "RECORDING_KEYS",
     "fit_recording",
     "FitResult",

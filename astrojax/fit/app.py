@@ -55,6 +55,12 @@ def _protocols():
     return PROTOCOLS
 
 
+def _feature_maps():
+    from .recording import FEATURE_MAPS
+
+    return FEATURE_MAPS
+
+
 def _extra_names() -> tuple:
     """Read-out scale and offset of each observable (``scale_a``, ``offset_y``, ...)."""
     return tuple(f"{k}_{x}" for x in _observables() for k in ("scale", "offset"))
@@ -63,7 +69,7 @@ def _extra_names() -> tuple:
 def _fit_names() -> tuple:
     from ..dynamics import PARAM_NAMES
 
-    return PARAM_NAMES + ("W",) + _extra_names()
+    return PARAM_NAMES + ("W", "b") + _extra_names()
 
 
 def _distinct(key, value) -> None:
@@ -114,13 +120,15 @@ class FitConfig(Schema):
     stimulus: Optional[str] = option(None, check=path_or_null, help=".npz with the stimulus keys (for a .csv)")
     observe: Optional[List[str]] = option(None, choices=_observables, each=True, nonempty=True, check=_distinct,
                                           help="variables to fit (null: all in the recording)")
+    feature_map: str = option("performer", choices=_feature_maps,
+                              help="performer (W) | learned_exp (LearnedExpFeatures: W and biases b)")
     free: List[str] = option(factory=lambda: ["tau_h", "tau_a", "tau_y", "eta_H", "eta_p"], choices=_fit_names,
                              each=True, nonempty=True, check=_distinct,
-                             help="free parameters (also W, scale_<x>, offset_<x>)")
+                             help="free parameters (also W, b with feature_map=learned_exp, scale_<x>, offset_<x>)")
     params: Dict[str, float] = option(factory=_default_fit_params,
                                       help="initial values of free parameters, values of fixed ones")
     bounds: Dict[str, Any] = option(factory=dict, help="name: [lower, upper] (null: open side)")
-    priors: Dict[str, Any] = option(factory=dict, help="name: [mean, std] Gaussian prior; W: [null, std]")
+    priors: Dict[str, Any] = option(factory=dict, help="name: [mean, std] Gaussian prior; W, b: [null, std]")
     noise: Dict[str, Any] = option(factory=dict, help="x: known noise std (data units); others estimated")
     method: str = option("lm", choices=_fit_methods, help="lm (Levenberg-Marquardt) | gauss_newton | adam")
     restarts: int = option(8, ge=1, help="starting points, optimised as one vmapped batch")
@@ -148,6 +156,9 @@ class FitConfig(Schema):
             return validate_fit(to_dict(self))
         extra = _extra_names()
         names = _fit_names()
+        if "b" in self.free and self.feature_map != "learned_exp":
+            raise ConfigError(f"config key `{key('free')}`: `b` (the hidden neurons' biases) exists only with "
+                              f"feature_map=learned_exp, got feature_map={self.feature_map}")
         for n, v in self.params.items():
             if n not in PARAM_NAMES + extra:
                 raise ConfigError(f"config key `{key('params')}.{n}`: unknown parameter; expected one of "
@@ -163,8 +174,9 @@ class FitConfig(Schema):
                     raise ConfigError(f"config key `{k}`: `{n}` is not free (free: {list(self.free)})")
                 lo, hi = _number_pair(k, v, sec)
                 if sec == "bounds":
-                    if n == "W":
-                        raise ConfigError(f"config key `{k}`: the weights W are unbounded; use a prior instead")
+                    if n in ("W", "b"):
+                        raise ConfigError(f"config key `{k}`: the {'weights W' if n == 'W' else 'biases b'} are "
+                                          "unbounded; use a prior instead")
                     if lo is not None and hi is not None and not lo < hi:
                         raise ConfigError(f"config key `{k}`: lower bound {lo} must be less than upper bound {hi}")
                     if lo is not None and lo < 0 and not n.startswith("offset_"):
@@ -172,8 +184,9 @@ class FitConfig(Schema):
                 else:
                     if hi is None or hi <= 0:
                         raise ConfigError(f"config key `{k}`: the standard deviation must be positive, got {hi!r}")
-                    if lo is None and n != "W":
-                        raise ConfigError(f"config key `{k}`: give a mean (only W takes null: its initial weights)")
+                    if lo is None and n not in ("W", "b"):
+                        raise ConfigError(f"config key `{k}`: give a mean (only W and b take null: their initial "
+                                          "values)")
         for x, s in self.noise.items():
             if x not in _observables():
                 raise ConfigError(f"config key `{key('noise')}.{x}`: unknown variable; expected some of "
@@ -210,6 +223,11 @@ class RecordConfig(Schema):
     write_delay: float = option(0.2, ge=0.0, lt=1.0, help="fraction of a write window before plasticity opens")
     window: float = option(1.0, gt=0.0, help="length of one window in the recording's time unit")
     samples_per_window: int = option(20, ge=1, help="samples per window, at bin centres")
+    jitter: float = option(0.0, ge=0.0, lt=1.0,
+                           help="sample times moved off the bin centres by U(-jitter/2, jitter/2) bins")
+    feature_map: str = option("performer", choices=_feature_maps,
+                              help="performer (W) | learned_exp (LearnedExpFeatures: W and biases b)")
+    bias_std: float = option(0.5, ge=0.0, help="learned_exp: biases b ~ N(0, bias_std^2)")
     observe: List[str] = option(factory=lambda: ["a", "p", "y"], choices=_observables, each=True, nonempty=True,
                                 check=_distinct, help="some of a, p, h, y")
     per_neuron: bool = option(False, help="record p per process and h per neuron (else summed / mean)")
@@ -321,6 +339,9 @@ def run_fit(cfg, out_dir: str):
             raise RecordingError(f"{e} (a calcium-imaging recording of the Li-Rinzel astrocyte? use "
                                  "astrocyte=li_rinzel)") from None
         raise
+    if rec.feature_map == "learned_exp" and c["feature_map"] != "learned_exp":  # before the run directory fills
+        raise ConfigError(f"config key `feature_map`: the recording {rec.source} holds a learned_exp feature map "
+                          f"(W and biases b); set feature_map=learned_exp, got {c['feature_map']}")
     d_rtol, d_atol = (1e-8, 1e-10) if c["x64"] else (1e-5, 1e-7)
     settings = ODESettings(rtol=c["rtol"] or d_rtol, atol=c["atol"] or d_atol, max_steps=c["max_steps"],
                            jacobian=c["jacobian"])
@@ -328,7 +349,8 @@ def run_fit(cfg, out_dir: str):
     os.makedirs(out_dir, exist_ok=True)
     _write_text(os.path.join(out_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(c)))
     print(f"astrojax fit: {rec.source}: T={rec.T} tokens ({rec.protocol}), {len(rec.t)} samples, observed "
-          f"{sorted(rec.observed)}; free {c['free']}; {c['method']} with {c['restarts']} restarts")
+          f"{sorted(rec.observed)}; feature map {c['feature_map']}; free {c['free']}; {c['method']} with "
+          f"{c['restarts']} restarts")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # the report below prints each one once
@@ -337,11 +359,13 @@ def run_fit(cfg, out_dir: str):
             noise=c["noise"], method=c["method"], restarts=c["restarts"], seed=c["seed"],
             init_spread=c["init_spread"], max_iters=c["max_iters"], tol=c["tol"], learning_rate=c["learning_rate"],
             m=c["m"], feature_seed=c["feature_seed"], settings=settings, dtype=dtype, progress=c["progress"],
+            feature_map=c["feature_map"],
         )
     wall = time.perf_counter() - t0
     summary = res.to_json()
     summary["wall_time_s"] = wall
     summary["recording"] = rec.source
+    summary["feature_map"] = c["feature_map"]
     written = [save_json(os.path.join(out_dir, "fit.json"), summary)]
     cols = list(res.restarts[0].keys())
     table = _table(res.restarts, cols)
@@ -439,7 +463,8 @@ def run_record(cfg, out_dir: str):
         c["params"], T=c["T"], D=c["D"], Dv=c["Dv"], m=c["m"], protocol=c["protocol"], write_delay=c["write_delay"],
         window=c["window"], samples_per_window=c["samples_per_window"], observe=tuple(observe),
         per_neuron=c["per_neuron"], noise=c["noise"], missing=c["missing"], input_scale=c["input_scale"],
-        seed=c["seed"], q=q, k=k, v=v, W=W, settings=settings, dtype=dtype,
+        seed=c["seed"], q=q, k=k, v=v, W=W, settings=settings, dtype=dtype, feature_map=c["feature_map"],
+        bias_std=c["bias_std"], jitter=c["jitter"],
     )
     rec = rec.replace(source=out)
     written = [save_recording(out, rec)]
@@ -462,16 +487,20 @@ def run_record(cfg, out_dir: str):
     _write_text(os.path.join(out_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(c)))
     info = dict(path=out, truth=rec.truth, noise={x: np.asarray(s).tolist() for x, s in rec.noise.items()},
                 samples=int(len(rec.t)), T=rec.T, D=rec.D, Dv=rec.Dv, m=rec.m, protocol=rec.protocol,
-                window=rec.window, observed={x: list(z.shape) for x, z in rec.observed.items()})
+                window=rec.window, observed={x: list(z.shape) for x, z in rec.observed.items()},
+                feature_map=rec.feature_map, jitter=c["jitter"])
     written.append(save_json(os.path.join(out_dir, "record.json"), info))
     if c["plot"]:
         from .plots import plot_recording
 
         written.append(plot_recording(rec, os.path.join(out_dir, "recording.png")))
+    fm = "" if rec.feature_map == "performer" else f" feature_map={rec.feature_map}"
+    when = "at bin centres" if c["jitter"] == 0 else f"jittered by {c['jitter']:g} bin off the bin centres"
     print(f"astrojax record: synthetic {rec.protocol} episode, T={rec.T} D={rec.D} Dv={rec.Dv} m={rec.m}, "
-          f"{len(rec.t)} samples of {sorted(rec.observed)}, noise {c['noise']:g} x signal std\n"
+          f"feature map {rec.feature_map}, {len(rec.t)} samples ({when}) of {sorted(rec.observed)}, "
+          f"noise {c['noise']:g} x signal std\n"
           f"wrote {', '.join(os.path.relpath(p) for p in written)}\n"
-          f"fit it with: astrojax fit recording={os.path.relpath(out)}")
+          f"fit it with: astrojax fit recording={os.path.relpath(out)}{fm}")
     return out
 
 

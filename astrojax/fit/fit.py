@@ -46,7 +46,9 @@ depend on ``tau_h`` (and ``W``) only; ``p`` depends on ``eta_p / tau_p`` and
 ``lambda_p / tau_p`` only, and ``H`` on ``eta_H / tau_H`` and ``lambda_H / tau_H`` only --
 so ``tau_p`` and ``tau_H`` cannot be fitted together with their gains (fix them; the
 default free set ``tau_h, tau_a, tau_y, eta_H, eta_p`` with ``tau_H = tau_p = 1`` is
-identifiable from ``a``, ``p`` and ``y``). ``y`` alone cannot separate the scale of ``a``
+identifiable from ``a``, ``p`` and ``y``). With gain control (the protocol's default) the biases ``b`` of a ``learned_exp`` map
+are identifiable only up to a common shift (each drive is divided by its sum over the
+hidden neurons). ``y`` alone cannot separate the scale of ``a``
 from ``tau_y`` (``(eta_p, eta_H, tau_y) -> c (eta_p, eta_H, tau_y)`` leaves ``y``
 unchanged): observe ``a`` or ``p`` too. A free ``scale_x`` is confounded with the gain
 that sets the amplitude of ``x`` unless another observed variable pins it. The fit
@@ -125,6 +127,7 @@ def fit_recording(
     dtype=None,
     stimulus=None,
     progress: bool = False,
+    feature_map: str = "performer",
 ) -> FitResult:
     """Fit free parameters of the neuron--astrocyte model to a recording.
 
@@ -133,10 +136,11 @@ def fit_recording(
             with ``stimulus``).
         free: names of the free parameters: any of ``tau_h, tau_H, tau_p, tau_a, tau_y,
             eta_H, eta_p, lambda_H, lambda_p``, ``W`` (the ``(m, D)`` hidden-neuron
-            weights) and ``scale_<x>``, ``offset_<x>`` of an observed variable ``x``.
+            weights), ``b`` (the ``(m,)`` biases, ``feature_map="learned_exp"`` only) and
+            ``scale_<x>``, ``offset_<x>`` of an observed variable ``x``.
         init: values of parameters: initial guesses of the free ones, the values of the
             fixed ones (default :data:`DEFAULT_INIT`, scale 1, offset 0, ``W`` from the
-            recording or drawn with ``feature_seed``).
+            recording or drawn with ``feature_seed``, ``b`` from the recording or 0).
         bounds: ``{name: (lower, upper)}`` (``None`` for an open side).
         priors: ``{name: (mean, std)}`` Gaussian priors on constrained values.
         observe: which observed variables to fit (default: all in the recording).
@@ -155,6 +159,10 @@ def fit_recording(
         settings: :class:`~astrojax.fit.ODESettings` of the simulator.
         dtype: float dtype (default: float64 if ``jax_enable_x64`` else float32).
         stimulus: ``.npz`` with the stimulus when ``recording`` is a CSV path.
+        feature_map: the hidden neurons' feature map: ``"performer"`` (``W``) or
+            ``"learned_exp"`` (:class:`~astrojax.LearnedExpFeatures` ``(W, b)``, e.g. a
+            trained network's map); a recording that holds a ``learned_exp`` map needs
+            ``"learned_exp"``.
         progress: show a progress bar on stderr (:class:`~astrojax.fit.progress.FitProgress`):
             finished restarts and the iteration for LM/GN, steps for Adam; time
             estimates measured after compilation.
@@ -177,7 +185,7 @@ def fit_recording(
             raise FitError(f"`{name}` must be a positive number, got {v!r}")
     problem, z0, info = build_problem(
         recording, free=free, init=init, bounds=bounds, priors=priors, observe=observe, noise=noise, m=m,
-        feature_seed=feature_seed, settings=settings, dtype=dtype,
+        feature_seed=feature_seed, settings=settings, dtype=dtype, feature_map=feature_map,
     )
     dtype = problem.ts.dtype
     if tol is None:

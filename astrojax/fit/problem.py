@@ -22,8 +22,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ..dynamics import PARAM_NAMES, NeuronAstrocyteParams
+from ..features import LearnedExpFeatures
 from .model import Episode, ODESettings, default_readout, make_episode, simulate_traces
-from .recording import OBSERVABLES, Recording
+from .recording import FEATURE_MAPS, OBSERVABLES, Recording
 from .transforms import Free, choose_transform, domain
 
 __all__ = [
@@ -53,9 +54,23 @@ class FitError(ValueError):
     """A bad argument to :func:`~astrojax.fit.fit_recording`; the message names it."""
 
 
-def parameter_names(observed) -> tuple:
-    """Every parameter name a fit of variables ``observed`` knows."""
-    return PARAM_NAMES + ("W",) + tuple(f"{k}_{x}" for x in observed for k in ("scale", "offset"))
+#: Array-valued parameters: the feature map's weights (and biases), unbounded.
+MAP_PARAMS = ("W", "b")
+
+
+def parameter_names(observed, feature_map: str = "performer") -> tuple:
+    """Every parameter name a fit of variables ``observed`` with ``feature_map`` knows
+    (``b``, the hidden neurons' biases, only with ``"learned_exp"``)."""
+    maps = ("W", "b") if feature_map == "learned_exp" else ("W",)
+    return PARAM_NAMES + maps + tuple(f"{k}_{x}" for x in observed for k in ("scale", "offset"))
+
+
+def feature_map_of(name: str, W, b=None):
+    """The feature map a fit simulates: the weights ``W`` (performer) or
+    :class:`~astrojax.LearnedExpFeatures` ``(W, b)`` (``learned_exp``)."""
+    if name == "learned_exp":
+        return LearnedExpFeatures(W, b)
+    return W
 
 
 class Spec(eqx.Module):
@@ -65,6 +80,7 @@ class Spec(eqx.Module):
     observed: tuple = eqx.field(static=True)  # observed variable names
     prior_rows: tuple = eqx.field(static=True)  # indices into the flat constrained free vector
     settings: ODESettings = eqx.field(static=True)
+    feature_map: str = eqx.field(static=True, default="performer")  # "performer" | "learned_exp"
 
     @property
     def num_params(self) -> int:
@@ -108,7 +124,8 @@ class FitProblem(eqx.Module):
         vals = self.all_values(z)
         dtype = self.ts.dtype
         P = NeuronAstrocyteParams(**{n: vals[n] for n in PARAM_NAMES}, dtype=dtype)
-        obs = _simulate_jit(P, vals["W"], self.episode, self.ts, dict(zip(self.spec.observed, self.readouts)),
+        fmap = feature_map_of(self.spec.feature_map, vals["W"], vals.get("b"))
+        obs = _simulate_jit(P, fmap, self.episode, self.ts, dict(zip(self.spec.observed, self.readouts)),
                             self.spec.settings)
         return {x: vals[f"scale_{x}"] * obs[x] + vals[f"offset_{x}"] for x in self.spec.observed}
 
@@ -188,6 +205,7 @@ def build_problem(
     feature_seed: int = 0,
     settings: ODESettings | None = None,
     dtype=None,
+    feature_map: str = "performer",
 ) -> tuple[FitProblem, Float[np.ndarray, " p"], dict]:
     """Check the fitting arguments against ``recording`` and build a :class:`FitProblem`.
 
@@ -201,6 +219,11 @@ def build_problem(
     if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1):
         raise FitError(f"`m` must be a positive integer, got {m!r}")
     recording.validate()
+    if feature_map not in FEATURE_MAPS:
+        raise FitError(f"`feature_map` must be one of {list(FEATURE_MAPS)}, got {feature_map!r}")
+    if recording.feature_map == "learned_exp" and feature_map != "learned_exp":
+        raise FitError(f"`feature_map`: the recording {recording.source} holds a learned_exp feature map (W and "
+                       f"biases b); fit it with feature_map=learned_exp, got {feature_map!r}")
     # observed variables
     if observe is None:
         observe = tuple(x for x in OBSERVABLES if x in recording.observed)
@@ -217,7 +240,7 @@ def build_problem(
         if len(set(observe)) != len(observe) or not observe:
             raise FitError(f"`observe`: expected distinct variable names, got {list(observe)}")
         observe = tuple(x for x in OBSERVABLES if x in observe)
-    names = parameter_names(observe)
+    names = parameter_names(observe, feature_map)
     # free parameters
     if isinstance(free, str):
         free = (free,)
@@ -225,6 +248,9 @@ def build_problem(
     if not free:
         raise FitError("`free`: no free parameters; name at least one of " + ", ".join(names))
     for n in free:
+        if n == "b" and feature_map != "learned_exp":
+            raise FitError(f"`free`: `b` (the hidden neurons' biases) exists only with feature_map=learned_exp, "
+                           f"got feature_map={feature_map!r}")
         if n not in names:
             hint = ""
             mt = re.fullmatch(r"(scale|offset)_(\w+)", str(n))
@@ -262,17 +288,28 @@ def build_problem(
         W0 = np.random.default_rng(feature_seed).standard_normal((m, D))  # the paper's W ~ N(0, I)
     if not np.all(np.isfinite(W0)):
         raise FitError("`init`: `W` contains NaN or inf")
+    if feature_map == "learned_exp":
+        if "b" in init:
+            b0 = np.asarray(init["b"], np.float64)
+            if b0.shape != (m,):
+                raise FitError(f"`init`: `b` must have shape (m={m},), got {b0.shape}")
+        elif recording.b is not None:
+            b0 = recording.b
+        else:
+            b0 = np.zeros(m)  # LearnedExpFeatures' default: the performer map
+        if not np.all(np.isfinite(b0)):
+            raise FitError("`init`: `b` contains NaN or inf")
     values = {n: float(DEFAULT_INIT[n]) for n in PARAM_NAMES}
     for x in observe:
         values[f"scale_{x}"], values[f"offset_{x}"] = 1.0, 0.0
     for n, v in init.items():
-        if n == "W":
+        if n in MAP_PARAMS:
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
             raise FitError(f"`init`: `{n}` must be a finite number, got {v!r}")
         values[n] = float(v)
     for n in names:
-        if n == "W":
+        if n in MAP_PARAMS:
             continue
         dom, v = domain(n), values[n]
         if dom == "positive" and v <= 0:
@@ -280,12 +317,16 @@ def build_problem(
         if dom == "nonneg" and v < 0:
             raise FitError(f"`init`: `{n}` must be non-negative, got {v}")
     values["W"] = W0
+    if feature_map == "learned_exp":
+        values["b"] = b0
     # transforms, bounds, priors
     frees, start, prior_rows, prior_mean, prior_std = [], 0, [], [], []
     for n in free:
-        shape = (m, D) if n == "W" else ()
-        if n == "W" and n in bounds:
-            raise FitError("bounds for `W`: the hidden-neuron weights are unbounded; use a prior (priors.W = [null, std])")
+        shape = {"W": (m, D), "b": (m,)}.get(n, ())
+        if n in MAP_PARAMS and n in bounds:
+            what = "weights" if n == "W" else "biases"
+            raise FitError(f"bounds for `{n}`: the hidden-neuron {what} are unbounded; use a prior "
+                           f"(priors.{n} = [null, std])")
         b = bounds.get(n)
         if b is not None:
             lo, hi = _pair("bounds", n, b)
@@ -307,9 +348,10 @@ def build_problem(
             if std is None or not std > 0:
                 raise FitError(f"priors for `{n}`: the standard deviation must be positive, got {std}")
             if mean is None:
-                if n != "W":
-                    raise FitError(f"priors for `{n}`: give a mean (only `W` takes the initial weights as mean)")
-                mean_arr = np.ravel(W0)
+                if n not in MAP_PARAMS:
+                    raise FitError(f"priors for `{n}`: give a mean (only `W` and `b` take their initial values "
+                                   "as mean)")
+                mean_arr = np.ravel(values[n])
             else:
                 mean_arr = np.full(f.size, mean)
             prior_rows.extend(range(start, start + f.size))
@@ -356,7 +398,8 @@ def build_problem(
     if n_data <= P:
         raise FitError(f"too few samples: {n_data} observed values for {P} free parameter values")
     episode = make_episode(recording.q, recording.k, recording.v, recording.protocol, recording.write_delay, dtype)
-    spec = Spec(free=tuple(frees), observed=observe, prior_rows=tuple(prior_rows), settings=settings)
+    spec = Spec(free=tuple(frees), observed=observe, prior_rows=tuple(prior_rows), settings=settings,
+                feature_map=feature_map)
     problem = FitProblem(
         episode=episode,
         ts=jnp.asarray(np.clip(recording.model_times, 0.0, 2 * T), dtype),

@@ -19,8 +19,13 @@ key               shape               required  meaning
 ``write_delay``   ``()``              no        fraction of a write window before plasticity
                                                 opens (default 0.2, see :class:`~astrojax.Protocol`)
 ``t_start``       ``()``              no        time of the first window's onset (default 0)
-``W``             ``(m, D)``          no        hidden-neuron input weights (performer map); the
-                                                initial value when ``W`` is fitted
+``feature_map``   ``()`` string       no        the hidden neurons' feature map: ``"performer"``
+                                                (default; also when the key is absent) or
+                                                ``"learned_exp"`` (see below)
+``W``             ``(m, D)``          no        hidden-neuron input weights; the initial value
+                                                when ``W`` is fitted
+``b``             ``(m,)``            no        hidden-neuron biases (``learned_exp`` only;
+                                                default 0); the initial value when ``b`` is fitted
 ``a``             ``(N,)``            [2]       astrocyte response
 ``p``             ``(N,)``/``(N, m)`` [2]       process calcium, summed over processes / per process
 ``h``             ``(N,)``/``(N, m)`` [2]       hidden-neuron rates, mean / per neuron
@@ -35,6 +40,12 @@ key               shape               required  meaning
 
 [1] either ``q, k, v`` or ``tokens, teacher, layer, head``.
 [2] at least one of ``a, p, h, y``; NaN marks a missing sample.
+
+The feature map sets the hidden neurons' drive by a query or key ``x`` (scaled by
+``D**-1/4``): ``performer`` is ``phi(x) = exp(W x - |x|^2/2) / sqrt(m)`` (the paper's
+random features), ``learned_exp`` is :class:`~astrojax.LearnedExpFeatures`
+``phi(x) = exp(W x + b - |x|^2/2) / sqrt(m)`` (a trained network's map; ``b = 0`` gives
+the performer map).
 
 Time runs in windows inside the model: sample ``t`` is at ``(t - t_start) / window``
 windows after the onset of the first window; the episode lasts ``2 T`` windows.
@@ -66,16 +77,19 @@ __all__ = [
     "save_recording",
     "save_trace_csv",
     "OBSERVABLES",
+    "FEATURE_MAPS",
     "RECORDING_KEYS",
 ]
 
 #: State variables that can be observed, in the order they are reported.
 OBSERVABLES = ("a", "p", "h", "y")
+#: Feature maps a recording (and a fit) can name: ``W`` alone, or ``W`` and biases ``b``.
+FEATURE_MAPS = ("performer", "learned_exp")
 _STIMULUS_QKV = ("q", "k", "v")
 _STIMULUS_TEACHER = ("tokens", "teacher", "layer", "head")
 #: Every fixed key a recording may hold (besides ``readout_<x>``, ``truth_<name>``, ``noise_<x>``).
-RECORDING_KEYS = ("t", "window", "protocol", *_STIMULUS_QKV, *_STIMULUS_TEACHER, "write_delay", "t_start", "W",
-                  *OBSERVABLES)
+RECORDING_KEYS = ("t", "window", "protocol", *_STIMULUS_QKV, *_STIMULUS_TEACHER, "write_delay", "t_start",
+                  "feature_map", "W", "b", *OBSERVABLES)
 _PATTERN_KEYS = re.compile(r"^(readout|noise)_(a|p|h|y)$|^truth_(\w+)$")
 
 
@@ -91,7 +105,8 @@ class Recording:
     Build one with :func:`load_recording`, :func:`astrojax.fit.synthesize` or directly
     (then call :meth:`validate`). ``observed[x]`` is ``(N,)`` or ``(N, c)`` with NaN for
     missing samples; ``readout[x]`` an optional ``(c, dim)`` matrix (see the module
-    docstring); ``W`` the hidden-neuron input weights or None (then the fit draws them).
+    docstring); ``W`` the hidden-neuron input weights or None (then the fit draws them);
+    ``feature_map`` ``"performer"`` or ``"learned_exp"`` with biases ``b`` (None: 0).
     """
 
     t: Float[np.ndarray, " N"]
@@ -108,6 +123,8 @@ class Recording:
     truth: dict = dataclasses.field(default_factory=dict)
     noise: dict = dataclasses.field(default_factory=dict)
     source: str = "<memory>"
+    feature_map: str = "performer"
+    b: Float[np.ndarray, " m"] | None = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -129,9 +146,11 @@ class Recording:
     @property
     def m(self) -> int | None:
         """Number of hidden neurons if the recording determines it (``W`` or a
-        per-neuron trace), else None."""
+        biases, or a per-neuron trace), else None."""
         if self.W is not None:
             return self.W.shape[0]
+        if self.b is not None:
+            return self.b.shape[0]
         for x in ("p", "h"):
             if x in self.observed and x not in self.readout and self.observed[x].ndim == 2:
                 return self.observed[x].shape[1]
@@ -261,10 +280,22 @@ def _validate(rec: Recording, m: int | None) -> None:
             f"[{rec.t_start}, {rec.t_start + J * rec.window}] ({J} windows of {rec.window}); "
             f"got [{t.min()}, {t.max()}]",
         )
+    if rec.feature_map not in FEATURE_MAPS:
+        raise _err(src, "feature_map", f"expected one of {list(FEATURE_MAPS)}, got {rec.feature_map!r}")
+    if rec.b is not None:
+        if rec.feature_map != "learned_exp":
+            raise _err(src, "b", f"biases belong to feature_map 'learned_exp', but the recording's feature map is "
+                       f"{rec.feature_map!r} (add feature_map='learned_exp' or drop `b`)")
+        if rec.b.ndim != 1 or rec.b.shape[0] == 0:
+            raise _err(src, "b", f"expected a vector (m,), got shape {rec.b.shape}")
+        if not np.all(np.isfinite(rec.b)):
+            raise _err(src, "b", "contains NaN or inf")
+        if rec.W is not None and rec.W.ndim == 2 and rec.b.shape[0] != rec.W.shape[0]:
+            raise _err(src, "b", f"expected shape (m={rec.W.shape[0]},) like the rows of `W`, got {rec.b.shape}")
     m_rec = rec.m
     if m is not None and m_rec is not None and m != m_rec:
-        raise _err(src, "W" if rec.W is not None else "p", f"the recording implies m = {m_rec} hidden neurons, "
-                   f"but m = {m} was requested")
+        key = "W" if rec.W is not None else ("b" if rec.b is not None else "p")
+        raise _err(src, key, f"the recording implies m = {m_rec} hidden neurons, but m = {m} was requested")
     m = m if m is not None else m_rec
     if rec.W is not None:
         if rec.W.ndim != 2 or rec.W.shape[1] != D or rec.W.shape[0] == 0:
@@ -349,7 +380,8 @@ def load_recording(path, stimulus=None, *, m: int | None = None) -> Recording:
     z = _read_npz(path)
     if stimulus is not None:
         stim = _read_npz(stimulus, "stimulus")
-        for key in (*_STIMULUS_QKV, *_STIMULUS_TEACHER, "window", "protocol", "write_delay", "t_start", "W"):
+        for key in (*_STIMULUS_QKV, *_STIMULUS_TEACHER, "window", "protocol", "write_delay", "t_start",
+                    "feature_map", "W", "b"):
             z.pop(key, None)
             if key in stim:
                 z[key] = stim[key]
@@ -393,6 +425,8 @@ def _from_arrays(z: dict, src: str, observed_from) -> Recording:
     write_delay = _scalar(src, "write_delay", z["write_delay"], nonneg=True) if "write_delay" in z else 0.2
     t_start = _scalar(src, "t_start", z["t_start"]) if "t_start" in z else 0.0
     W = _real_array(src, "W", z["W"], 2) if "W" in z else None
+    feature_map = _string(src, "feature_map", z["feature_map"]) if "feature_map" in z else "performer"
+    b = _real_array(src, "b", z["b"], 1) if "b" in z else None
     observed, readout, truth, noise = {}, {}, {}, {}
     if observed_from is not None:
         t = _real_array(src, "t", z["t"], 1)
@@ -413,7 +447,7 @@ def _from_arrays(z: dict, src: str, observed_from) -> Recording:
         t = np.zeros(0)
     return Recording(t=t, window=window, protocol=protocol, q=q, k=k, v=v, observed=observed,
                      write_delay=write_delay, t_start=t_start, W=W, readout=readout, truth=truth, noise=noise,
-                     source=src)
+                     source=src, feature_map=feature_map, b=b)
 
 
 def _teacher_qkv(z, src):
@@ -501,8 +535,11 @@ def save_recording(path, rec: Recording) -> str:
 
     arrays = dict(t=rec.t, window=np.float64(rec.window), protocol=np.str_(rec.protocol), q=rec.q, k=rec.k, v=rec.v,
                   write_delay=np.float64(rec.write_delay), t_start=np.float64(rec.t_start))
+    arrays["feature_map"] = np.str_(rec.feature_map)  # (absent in older files: performer)
     if rec.W is not None:
         arrays["W"] = rec.W
+    if rec.b is not None:
+        arrays["b"] = rec.b
     for x, z in rec.observed.items():
         arrays[x] = z
     for x, C in rec.readout.items():

@@ -15,6 +15,8 @@ And the evaluation metrics shared with ``astrojax reproduce``:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 _TINY = 1e-30
+_LOG_TINY = float(math.log(_TINY))
 
 
 def readout_error(y, y_ref, mask=None):
@@ -45,11 +48,10 @@ def normaliser_log_error(a, Z, mask=None):
     return _masked_mean((la - jnp.log(Z)) ** 2, mask)
 
 
-def log_normaliser_error(a, log_Z, mask=None):
-    """:func:`normaliser_log_error` with the target given as ``log Z`` (finite where ``Z``
-    overflows float32)."""
-    la = jnp.log(jnp.maximum(a, _TINY))
-    return _masked_mean((la - log_Z) ** 2, mask)
+def log_normaliser_error(log_a, log_Z, mask=None):
+    """:func:`normaliser_log_error` on logarithms: the student's ``log a`` against ``log Z``
+    (both finite where ``a`` or ``Z`` overflow float32)."""
+    return _masked_mean((jnp.maximum(log_a, _LOG_TINY) - log_Z) ** 2, mask)
 
 
 def attention_kl(w_ref, w, mask=None):

@@ -25,7 +25,7 @@ from ..features import AbstractFeatureMap, DendriticExpFeatures, LearnedExpFeatu
 from ..integrate import DiffraxPath, FastPath
 from ..layers import _implied_weights
 from ..protocol import Protocol, as_protocol
-from ..simulate import simulate_head
+from ..simulate import simulate_head, solve_head
 
 __all__ = ["constrain", "unconstrain", "HeadStudents", "learned_feature_map", "STUDENT_FEATURES"]
 
@@ -114,6 +114,16 @@ class HeadStudents(eqx.Module):
         """``key_mask`` ``(T,)`` (shared by the heads): keys where False are skipped."""
         def one(fmap, P, q, k, v):
             return simulate_head(fmap, P, q, k, v, self.protocol, self.method, key_mask)
+
+        return eqx.filter_vmap(one)(self.features, self.params, q, k, v)
+
+    def log_response(self, q, k, v, key_mask=None):
+        """``(y, log a)``: as :meth:`__call__` with the astrocyte response as its logarithm,
+        finite where ``a`` itself overflows float32 (teacher normalisers beyond ``e^88``
+        occur in long windows): what training compares with ``log Z``."""
+        def one(fmap, P, q, k, v):
+            sol = solve_head(fmap, P, q, k, v, self.protocol, self.method, key_mask=key_mask)
+            return sol.y, sol.log_a
 
         return eqx.filter_vmap(one)(self.features, self.params, q, k, v)
 

@@ -182,8 +182,12 @@ class HeadsTask:
         out = _run_batched(lambda m, im: _head_targets(m, *im), model, (jnp.asarray(ids), jnp.asarray(mask)))
         q, k, v, y, _ = (_stack_heads(x, layers).astype(dtype) for x in out)
         m = jnp.asarray(mask)
-        lse = jax.vmap(jax.vmap(lambda q, k, m: softmax_weights(q, k, key_mask=m)[1], in_axes=(0, 0, 0)),
-                       in_axes=(0, 0, None))(q, k, m)
+        # a few windows at a time: every head's T x T attention weights of all windows at
+        # once would not fit in memory (256 windows of 512 tokens: ~19 GB)
+        per_window = jax.vmap(lambda q, k, m: softmax_weights(q, k, key_mask=m)[1], in_axes=(0, 0, None))
+        lse = jax.lax.map(lambda x: per_window(*x), (jnp.swapaxes(q, 0, 1), jnp.swapaxes(k, 0, 1), m),
+                          batch_size=4)
+        lse = jnp.swapaxes(lse, 0, 1)
         return q, k, v, y, jnp.where(m[None], lse, 0.0).astype(dtype), m
 
     def loss(self, student: HeadStudents, data, idx):
@@ -198,10 +202,10 @@ class HeadsTask:
         w = self.cfg.loss_weights
 
         def per_example(q, k, v, y_ref, logZ, mask):  # (heads, T, D), mask (T,) or None
-            y, a = student(q, k, v, key_mask=mask)
+            y, log_a = student.log_response(q, k, v, key_mask=mask)
             per_head = lambda f, *xs: jax.vmap(lambda *h: f(*h, mask))(*xs).mean()  # noqa: E731
             terms = {"y": per_head(losses.readout_error, y, y_ref),
-                     "log_a": per_head(losses.log_normaliser_error, a, logZ)}
+                     "log_a": per_head(losses.log_normaliser_error, log_a, logZ)}
             if w.get("kl", 0.0):
                 w_ref = jax.vmap(lambda q, k: softmax_weights(q, k, key_mask=mask)[0])(q, k)
                 terms["kl"] = per_head(losses.attention_kl, w_ref, student.attention(q, k, key_mask=mask))

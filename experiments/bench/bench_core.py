@@ -36,6 +36,9 @@ over all calls; a ratio is the median over rounds of the per-round ratio of the 
 functions' medians (measured seconds apart, so load changes on a shared machine mostly
 cancel). scipy and Brian2 are given the features and time the ODE only; they have no
 compile step. The JSON also keeps the minima, the call counts and the load average.
+The process keeps freed memory in its heap (``astrojax.runtime.retain_freed_memory``,
+for every method alike): with glibc's defaults, functions with more than 32 MiB of
+temporaries page-fault them in again on every call (``--system-allocator`` turns this off).
 
     python experiments/bench/bench_core.py --check   # closed-form + reference self-tests (float64)
     python experiments/bench/bench_core.py --quick   # small sizes (~1 CPU-minute) -> results/core_quick.json
@@ -74,6 +77,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import astrojax as aj  # noqa: E402
+from astrojax.runtime import retain_freed_memory  # noqa: E402
 from astrojax.simulate import simulate_head  # noqa: E402
 
 sys.path.insert(0, HERE)  # _brian2_peer (imports brian2 only when called)
@@ -827,8 +831,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="run-time clock: wall time, or process CPU time (all threads; for a shared, loaded machine)")
+    ap.add_argument("--system-allocator", action="store_true",
+                    help="keep glibc's default allocator settings (no astrojax.runtime.retain_freed_memory)")
     ap.add_argument("--reference-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    retained = False if a.system_allocator else retain_freed_memory()
     if a.reference_worker:
         return reference_worker(*a.reference_worker)
     if a.check:
@@ -848,6 +855,8 @@ def main(argv=None):
     if a.clock == "cpu":
         CLOCK["clock"] = time.process_time
         cmd += " --clock cpu"
+    if a.system_allocator:
+        cmd += " --system-allocator"
     res = dict(mode="quick" if a.quick else "full", command=cmd, config=dict(cfg), environment=environment(),
                method_settings=dict(fast="FastPath() defaults", tight_reference=TIGHT,
                                     peers=peer_specs(cfg), scipy=dict(method="RK45", rtol=cfg["peer_rtol"],
@@ -856,7 +865,7 @@ def main(argv=None):
                                                 available=_brian2_ok()),
                                     episode={p: episode_options(p) for p in PROTOCOLS},
                                     params="NeuronAstrocyteParams() defaults (tau_h = tau_a = tau_y = 0.02)"),
-               section_s={}, run_clock=("process CPU time (all threads)" if a.clock == "cpu" else "wall time"))
+               section_s={}, freed_memory_retained=retained, run_clock=("process CPU time (all threads)" if a.clock == "cpu" else "wall time"))
     log(f"bench_core ({res['mode']}): jax {jax.__version__}, {res['environment']['device']}, "
         f"load {res['environment']['loadavg_start']}")
 
