@@ -230,32 +230,30 @@ def test_load_inputs_errors(tmp_path):
         load_inputs(str(tmp_path / "missing.npz"))
 
 
+
 def test_simulate_size_estimated_before_running(tmp_path, capsys, monkeypatch):
     """The request's memory comes from the compiled functions before anything runs: a
     simulation larger than the available memory is refused with its size and what to
     change; a T x T closed form that would not fit is skipped (the O(T) simulation runs),
-    not a crash. (Available memory and the compiled sizes are set here.)"""
+    not a crash. (Available memory and the compiled sizes are set here; the job is run
+    without Hydra, as ``astrojax simulate`` runs it.)"""
     import json
 
     import astrojax.simulate_app as app
 
+    cfg = dict(SMALL, input_scale=0.5)
     monkeypatch.setattr(app, "_available_bytes", lambda: 10**6)
     monkeypatch.setattr(app, "_memory_bytes", lambda compiled: 3 * 2**30)
-    run_dir = tmp_path / "big"
-    with pytest.raises(SystemExit) as e:
-        main(["simulate", *SMALL_ARGS, f"hydra.run.dir={run_dir}"])
-    assert e.value.code == 1
-    assert not run_dir.exists() or not (run_dir / "metrics.json").exists()
-    err = capsys.readouterr().err
-    assert "needs about 3.0 GiB" in err and "lower T or m" in err and "trace=false" in err, err
-    assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(app.SimulationError, match=r"needs about 3\.0 GiB .*trace=false.*lower T or m"):
+        app.run_simulate(cfg, str(tmp_path / "big"))
+    assert not (tmp_path / "big" / "metrics.json").exists()
 
     sizes = iter([10**3, 10**12])  # the simulation fits, the closed form does not
     monkeypatch.setattr(app, "_available_bytes", lambda: 10**9)
     monkeypatch.setattr(app, "_memory_bytes", lambda compiled: next(sizes))
-    run_dir = tmp_path / "ok"
-    assert main(["simulate", *SMALL_ARGS, f"hydra.run.dir={run_dir}"]) == 0
+    metrics = app.run_simulate(cfg, str(tmp_path / "ok"))
     out = capsys.readouterr().out
     assert "closed-form comparison skipped" in out and "not compared with a closed form" in out, out
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["reference"] is None and metrics["y_rel_error"] is None and metrics["finite"]
+    saved = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert saved["reference"] is None and saved["y_rel_error"] is None and saved["finite"]
+    assert metrics["reference"] is None
