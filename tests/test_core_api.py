@@ -186,11 +186,12 @@ def _rfa_log_reference(q, k, v, W, causal):
 @given(log_scale=st.floats(-3.0, np.log10(3.0)), seed=st.integers(0, 1000),
        causal=st.booleans(), f32=st.booleans())
 @example(log_scale=0.375, seed=399, causal=True, f32=False)  # the ODE 1.7e-5 from its timescale limit
+@example(log_scale=0.375, seed=0, causal=True, f32=True)  # 1.8e-3 from it: a tight Diffrax solve agrees to 6e-7
 def test_property_input_scales_accurate(log_scale, seed, causal, f32):
     """q, k scaled by 1e-3 ... 3 (float32 and float64): with the normalised read gain the
     simulated network is finite and equals random-feature attention (timescale limit of
-    the default time constants, to 1e-3); log a matches the log-space
-    reference. A fine mesh (n_sub = 32) keeps the integration error out of the
+    the default time constants, to 1e-2: the ODE itself is that far from its limit at
+    2-3x); log a matches the log-space reference. A fine mesh (n_sub = 32) keeps the integration error out of the
     comparison: the default's own accuracy is tested against a tight solve of the same
     ODE elsewhere."""
     dtype = jnp.float32 if f32 else jnp.float64
@@ -201,8 +202,10 @@ def test_property_input_scales_accurate(log_scale, seed, causal, f32):
     y, la = aj.simulate_attention(s * q, s * k, v, W, protocol=pr, log=True, method=aj.FastPath(n_sub=32))
     assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(la)))
     # the ODE's own distance from its timescale limit at tau = 0.02 grows with the input
-    # scale (1.7e-5 in y at seed 399, more for causal episodes near 3x): not an integration error
-    tol = 1e-3
+    # scale (1.7e-5 in y at seed 399; 1.8e-3 for a causal float32 episode at 2.4x, seed 0,
+    # where a tight float64 Diffrax solve of the same ODE is as far from it and the fast path
+    # is 6e-7 from that solve): not an integration error, which the next test bounds
+    tol = 1e-2
     assert rel_err(y, y_ref) < tol
     assert np.max(np.abs(np.asarray(la, np.float64) - la_ref)) < 1e-3 * max(1.0, np.max(np.abs(la_ref)))
 
