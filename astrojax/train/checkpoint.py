@@ -302,17 +302,25 @@ class Checkpointer:
         args = self._ocp.args.Composite(
             **{_STATE: self._ocp.args.StandardSave(arrays), _INTEGRITY: self._ocp.args.JsonSave(record)}
         )
-        try:
-            saved = self._manager.save(step, args=args, force=True)
-            self._manager.wait_until_finished()
-        except Exception as e:
-            try:  # background writers of the failed save may still run: let them end before cleaning up
+        for attempt in range(3):
+            try:
+                saved = self._manager.save(step, args=args, force=True)
                 self._manager.wait_until_finished()
-            except Exception:
-                pass
-            self._remove_tmp(step)
-            raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_short(e)}") from e
-        return bool(saved)
+                return bool(saved)
+            except Exception as e:
+                try:  # background writers of the failed save may still run: let them end before cleaning up
+                    self._manager.wait_until_finished()
+                except Exception:
+                    pass
+                self._remove_tmp(step)
+                # a straggling writer of an earlier failed save of this step can re-create its
+                # uncommitted directory after the clean-up: remove it and try again
+                if attempt < 2 and isinstance(e, FileExistsError) and ".orbax-checkpoint-tmp" in str(e):
+                    time.sleep(0.2 * (attempt + 1))
+                    self._remove_tmp(step)
+                    continue
+                raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_short(e)}") from e
+        return False
 
     # -- restore
 
