@@ -168,11 +168,11 @@ def warm_start(c: TrainConfig, teacher, task):
     return student
 
 
-def load_run(run_dir, teacher=None):
-    """``(student, config)`` of a finished training run directory (``config`` a
-    :class:`TrainConfig`; keys added to the schema since the run was written take their
-    defaults, which reproduce the behaviour of the version that wrote it)."""
-    from ..teachers import TeacherError, load_model, read_header
+def run_config(run_dir):
+    """``(path of model.eqx, TrainConfig)`` stored in a finished training run directory,
+    read from the file's header alone (no model is loaded); :class:`ConfigError` naming
+    ``run`` otherwise."""
+    from ..teachers import TeacherError, read_header
 
     run = Path(run_dir)
     f = run / "model.eqx"
@@ -188,6 +188,16 @@ def load_run(run_dir, teacher=None):
         c = to_config(TrainConfig, header["config"])
     except ConfigError as e:
         raise ConfigError(f"config key `run`: the config stored in {f} is not valid here ({e})") from None
+    return f, c
+
+
+def load_run(run_dir, teacher=None):
+    """``(student, config)`` of a finished training run directory (``config`` a
+    :class:`TrainConfig`; keys added to the schema since the run was written take their
+    defaults, which reproduce the behaviour of the version that wrote it)."""
+    from ..teachers import TeacherError, load_model
+
+    f, c = run_config(run_dir)
     teacher = load_teacher(c) if teacher is None else teacher
     import equinox as eqx
 

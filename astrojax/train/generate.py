@@ -197,20 +197,10 @@ class GenerateConfig(Schema):
 def _decoder_run(run):
     """The stored TrainConfig of a run; :class:`ConfigError` naming ``run`` unless it is a
     finished whole-model run on a GPT teacher."""
-    from ..teachers import TeacherError, read_header
     from ..teachers._facts import teacher_facts
-    from .config import TrainConfig
+    from .build import run_config
 
-    f = os.path.join(run, "model.eqx")
-    if not os.path.isfile(f):
-        raise ConfigError(f"config key `run`: {run} holds no model.eqx (not a finished training run)")
-    try:
-        header = read_header(f)
-    except TeacherError as e:
-        raise ConfigError(f"config key `run`: {e}") from None
-    if header.get("kind") != "astrojax-student" or not isinstance(header.get("config"), dict):
-        raise ConfigError(f"config key `run`: {f} is not an astrojax student")
-    c = to_config(TrainConfig, header["config"])
+    _, c = run_config(run)
     kind, _ = teacher_facts(c.teacher, "run")
     if kind != "causal-text":
         raise ConfigError(f"config key `run`: {run} was trained on teacher {c.teacher!r}, not a GPT (decoder) "
