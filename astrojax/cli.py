@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"astrojax: error: unknown subcommand '{name}' (choose from {', '.join(SUBCOMMANDS)}){hint}; "
               "run 'astrojax --help' for usage", file=sys.stderr)
         return 2
+    # before any JAX computation: keep XLA's large CPU temporaries for reuse (page faults
+    # otherwise dominate large simulations; a no-op where libc is not glibc)
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()
     return cmd.run(f"astrojax {name}", rest)
 
 

@@ -30,6 +30,7 @@ def get(layers=(0, 3), T=64, n=512, split="train", seed=0, corpus="pydoc"):
     outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
     outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
     outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]  # (heads, N, T, ...)
+    os.makedirs(CACHE, exist_ok=True)
     np.savez(fn, **dict(zip("qkvyZ", outs)))
     return tuple(outs)
 
@@ -71,5 +72,6 @@ def get_aug(layers=(0, 3), T=128, n=512, frac=0.3, seed=0, offset=0, corpus="pyd
     outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
     outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
     outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]
+    os.makedirs(CACHE, exist_ok=True)
     np.savez(fn, **dict(zip("qkvyZ", outs)))
     return tuple(outs)

@@ -67,6 +67,15 @@ class ExpQuadMap(AbstractFeatureMap):
     def log_features(self, x):
         return x @ self.W.T + self.b - self.a * _sqh(x) - 0.5 * math.log(self.W.shape[0])
 
+class Allocated(AbstractFeatureMap):
+    """``inner`` with only its first ``m_h`` features switched on (per-head allocation of
+    hidden neurons under a fixed total: the rest get log-rate -1e4, i.e. rate 0)."""
+    inner: AbstractFeatureMap; logmask: jax.Array
+    positive: ClassVar[bool] = True
+    num_features = property(lambda s: s.inner.num_features); in_dim = property(lambda s: D)
+    def log_features(self, x):
+        return self.inner.log_features(x) + jax.lax.stop_gradient(self.logmask)
+
 MAPS = {"expquad": ExpQuadMap, "exp": ExpMap, "hedgehog": HedgehogMap, "dend": DendriticMap}
 
 def rfa(fmap, q, k, v):
@@ -164,6 +173,13 @@ def run(args):
     fmaps = init_maps(args.map, jax.random.PRNGKey(args.seed), H, args.m, **kw)
     if args.init_is:
         fmaps = is_init(fmaps, tr, args.sigma, args.seed)
+    alloc = None
+    if args.alloc:
+        alloc = [int(x) for x in json.load(open(args.alloc))]
+        if len(alloc) != H or max(alloc) > args.m:
+            raise SystemExit(f"--alloc: need {H} per-head sizes <= --m {args.m}, got {alloc}")
+        logmask = jnp.where(jnp.arange(args.m)[None, :] < jnp.asarray(alloc)[:, None], 0.0, -1e4)
+        fmaps = Allocated(fmaps, logmask)
     params, static = eqx.partition(fmaps, eqx.is_inexact_array)
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, args.steps // 10), args.steps, end_value=0.05 * args.lr)
     opt = optax.chain(optax.clip_by_global_norm(args.clip), optax.adamw(sched, weight_decay=args.wd)) if args.clip > 0 else optax.adamw(sched, weight_decay=args.wd)
@@ -199,12 +215,12 @@ def run(args):
     res = dict(name=args.name, corpus=args.corpus, map=args.map, kw=kw, m=args.m, T=args.T, chunks=args.chunks, steps=args.steps,
                lr=args.lr, batch=args.batch, wts=args.wts, train_y=s_tr['y'], val_y=s_val['y'], ho_y=s_ho['y'], ho_early=s_ho['early'], ho_late=s_ho['late'],
                ho_ymax=s_ho['y_max'], ho_below10=s_ho['below10'], ho_r=s_ho['r'], ho_rmin=s_ho['r_min'],
-               val_r=s_val['r'], init_ho_y=h0['y'], train_s=round(ttrain), total_s=round(time.time() - t0))
+               val_r=s_val['r'], init_ho_y=h0['y'], ho_per_head_y=[float(x) for x in np.asarray(s_ho['per_head_y'])], val_per_head_y=[float(x) for x in np.asarray(s_val['per_head_y'])], alloc=alloc, train_s=round(ttrain), total_s=round(time.time() - t0))
     print(json.dumps(res))
     print("heldout per-head y:", np.round(s_ho['per_head_y'], 3).tolist())
     with open(os.path.join(HERE, "results.jsonl"), "a") as fh:
         fh.write(json.dumps(res) + "\n")
-    line = (f"| {args.name} | {args.map} {args.kw}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''}{' ' + args.corpus if args.corpus != 'pydoc' else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
+    line = (f"| {args.name} | {args.map} {args.kw}{' alloc ' + os.path.basename(args.alloc) if args.alloc else ''}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''}{' ' + args.corpus if args.corpus != 'pydoc' else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
             f"| {s_tr['y']:.3f} | {s_val['y']:.3f} | **{s_ho['y']:.3f}** (pos<64 {s_ho['early']:.3f}, pos>=64 {s_ho['late']:.3f}; max {s_ho['y_max']:.2f}, <10%: {s_ho['below10']}/{H}) | {s_ho['r']:.3f} (min {s_ho['r_min']:.2f}) | {ttrain:.0f}s |\n")
     with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
         fh.write(line)
@@ -225,6 +241,7 @@ if __name__ == "__main__":
     p.add_argument("--aug", type=float, default=0.0)
     p.add_argument("--corpus", default="pydoc", help="training text: pydoc, news, reviews joined by +")
     p.add_argument("--init_is", action="store_true"); p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--alloc", default=None, help="JSON file: per-head numbers of features (<= --m)")
     p.add_argument("--log", type=int, default=100); p.add_argument("--save", action="store_true")
     a = p.parse_args()
     if a.chunks_avail is None: a.chunks_avail = 1024 if a.T == 64 else 512
