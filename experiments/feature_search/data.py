@@ -75,3 +75,26 @@ def get_aug(layers=(0, 3), T=128, n=512, frac=0.3, seed=0, offset=0, corpus="pyd
     os.makedirs(CACHE, exist_ok=True)
     np.savez(fn, **dict(zip("qkvyZ", outs)))
     return tuple(outs)
+
+def get_recomb(layers=(0, 3), T=128, n=512, seed=0, corpus="pydoc"):
+    """``n`` windows of new text: the corpus' sentences (``split_sentences``) in a seeded
+    random order, joined and cut into ``T``-token windows, labelled by the teacher
+    (recombinations of the training text: as many as wanted, none seen as such)."""
+    from astrojax.train.data import split_sentences
+    fn = f"{CACHE}/recomb{_tag(corpus)}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}.npz"
+    if os.path.exists(fn):
+        d = np.load(fn); return tuple(d[k] for k in "qkvyZ")
+    t = teacher()
+    sents = [s for text in training_texts(corpus) for s in split_sentences(text)]
+    order = np.random.default_rng(2000 + seed).permutation(len(sents))
+    chunks = t.tokenizer.chunks([" ".join(sents[i] for i in order)], T)[:n]
+    if len(chunks) < n:
+        raise SystemExit(f"get_recomb: only {len(chunks)} windows of {T} tokens in the recombined corpus")
+    ids = jnp.asarray(chunks)
+    f = eqx.filter_jit(jax.vmap(lambda i: _run(t.model, i, layers)))
+    outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
+    outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
+    outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]
+    os.makedirs(CACHE, exist_ok=True)
+    np.savez(fn, **dict(zip("qkvyZ", outs)))
+    return tuple(outs)

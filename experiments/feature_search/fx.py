@@ -165,6 +165,9 @@ def run(args):
         au = D_.get_aug(layers, T=args.T, n=args.chunks_avail, frac=args.aug, corpus=args.corpus)
         half = args.chunks // 2
         tr = tuple(np.concatenate([x[:, :half], y[:, half:args.chunks]], 1) for x, y in zip(tr, au))
+    if args.recomb:  # add teacher-labelled recombinations of the corpus' sentences
+        rc = D_.get_recomb(layers, T=args.T, n=args.recomb, seed=args.seed, corpus=args.corpus)
+        tr = tuple(np.concatenate([x, y], 1) for x, y in zip(tr, rc))
     val = D_.get(layers, T=64, n=128, split="val")
     val = tuple(x[:, :64] for x in val)
     ho = D_.heldout(layers)
@@ -215,12 +218,12 @@ def run(args):
     res = dict(name=args.name, corpus=args.corpus, map=args.map, kw=kw, m=args.m, T=args.T, chunks=args.chunks, steps=args.steps,
                lr=args.lr, batch=args.batch, wts=args.wts, train_y=s_tr['y'], val_y=s_val['y'], ho_y=s_ho['y'], ho_early=s_ho['early'], ho_late=s_ho['late'],
                ho_ymax=s_ho['y_max'], ho_below10=s_ho['below10'], ho_r=s_ho['r'], ho_rmin=s_ho['r_min'],
-               val_r=s_val['r'], init_ho_y=h0['y'], ho_per_head_y=[float(x) for x in np.asarray(s_ho['per_head_y'])], val_per_head_y=[float(x) for x in np.asarray(s_val['per_head_y'])], alloc=alloc, train_s=round(ttrain), total_s=round(time.time() - t0))
+               val_r=s_val['r'], init_ho_y=h0['y'], ho_per_head_y=[float(x) for x in np.asarray(s_ho['per_head_y'])], val_per_head_y=[float(x) for x in np.asarray(s_val['per_head_y'])], alloc=alloc, recomb=args.recomb, train_s=round(ttrain), total_s=round(time.time() - t0))
     print(json.dumps(res))
     print("heldout per-head y:", np.round(s_ho['per_head_y'], 3).tolist())
     with open(os.path.join(HERE, "results.jsonl"), "a") as fh:
         fh.write(json.dumps(res) + "\n")
-    line = (f"| {args.name} | {args.map} {args.kw}{' alloc ' + os.path.basename(args.alloc) if args.alloc else ''}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''}{' ' + args.corpus if args.corpus != 'pydoc' else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
+    line = (f"| {args.name} | {args.map} {args.kw}{' alloc ' + os.path.basename(args.alloc) if args.alloc else ''}{' IS-init sigma=%g' % args.sigma if args.init_is else ''} | {args.m} | T{args.T}x{args.chunks}{' aug%g' % args.aug if args.aug else ''}{' ' + args.corpus if args.corpus != 'pydoc' else ''}{' +%d recombined' % args.recomb if args.recomb else ''} | {args.steps} | lr {args.lr} b{args.batch} w{args.wts} "
             f"| {s_tr['y']:.3f} | {s_val['y']:.3f} | **{s_ho['y']:.3f}** (pos<64 {s_ho['early']:.3f}, pos>=64 {s_ho['late']:.3f}; max {s_ho['y_max']:.2f}, <10%: {s_ho['below10']}/{H}) | {s_ho['r']:.3f} (min {s_ho['r_min']:.2f}) | {ttrain:.0f}s |\n")
     with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
         fh.write(line)
@@ -241,6 +244,7 @@ if __name__ == "__main__":
     p.add_argument("--aug", type=float, default=0.0)
     p.add_argument("--corpus", default="pydoc", help="training text: pydoc, news, reviews joined by +")
     p.add_argument("--init_is", action="store_true"); p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--recomb", type=int, default=0, help="add this many windows of recombined corpus sentences")
     p.add_argument("--alloc", default=None, help="JSON file: per-head numbers of features (<= --m)")
     p.add_argument("--log", type=int, default=100); p.add_argument("--save", action="store_true")
     a = p.parse_args()
