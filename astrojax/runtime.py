@@ -13,10 +13,9 @@ so the setting also keeps one arena for the whole process. Measured
 41 MiB of temporaries): 53 ms per call with glibc's defaults, 34 ms with the thresholds;
 the bidirectional fast path at batch 8, T = 128, m = 4096 (65 MiB of temporaries, from a
 worker thread; ``experiments/core/allocator.py``): 48 ms per call and 16,800 page faults
-with the thresholds alone, 19 ms and 3,200 faults with one arena. Small functions are unaffected. The ``astrojax`` command applies
-it at start. It costs resident
-memory: freed blocks stay with the process for reuse instead of going back to the
-operating system. GPUs and TPUs have their own allocators and do not need it.
+with the thresholds alone, 19 ms and 3,200 faults with one arena. Small functions are
+unaffected. The ``astrojax`` command applies it at start. It costs resident memory: freed
+blocks stay with the process for reuse instead of going back to the operating system. GPUs and TPUs have their own allocators and do not need it.
 """
 
 from __future__ import annotations
