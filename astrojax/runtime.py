@@ -15,7 +15,8 @@ the bidirectional fast path at batch 8, T = 128, m = 4096 (65 MiB of temporaries
 worker thread; ``experiments/core/allocator.py``): 48 ms per call and 16,800 page faults
 with the thresholds alone, 19 ms and 3,200 faults with one arena. Small functions are
 unaffected. The ``astrojax`` command applies it at start. It costs resident memory: freed
-blocks stay with the process for reuse instead of going back to the operating system. GPUs and TPUs have their own allocators and do not need it.
+blocks stay with the process for reuse instead of going back to the operating system.
+GPUs and TPUs have their own allocators and do not need it.
 """
 
 from __future__ import annotations
