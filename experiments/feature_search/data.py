@@ -16,6 +16,16 @@ def _run(model, ids, layers):
     sel = lambda x: x[jnp.asarray(layers)].reshape(-1, *x.shape[2:])
     return tuple(sel(x) for x in (out.q, out.k, out.v, out.y, out.Z))
 
+def _label_and_cache(t, ids, layers, fn):
+    """The teacher's (q, k, v, y, Z) of windows ``ids``, (heads, N, T, ...), saved to ``fn``."""
+    f = eqx.filter_jit(jax.vmap(lambda i: _run(t.model, i, layers)))
+    outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
+    outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
+    outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]  # (heads, N, T, ...)
+    os.makedirs(CACHE, exist_ok=True)
+    np.savez(fn, **dict(zip("qkvyZ", outs)))
+    return tuple(outs)
+
 def get(layers=(0, 3), T=64, n=512, split="train", seed=0, corpus="pydoc"):
     """split train: first part of a seeded permutation; 'val': disjoint chunks from the end."""
     fn = f"{CACHE}/{split}{_tag(corpus)}_L{'-'.join(map(str,layers))}_T{T}_n{n}_s{seed}.npz"
@@ -26,13 +36,7 @@ def get(layers=(0, 3), T=64, n=512, split="train", seed=0, corpus="pydoc"):
     perm = np.random.default_rng(seed).permutation(len(chunks))
     idx = perm[:n] if split == "train" else perm[-n:]
     ids = jnp.asarray(chunks[np.sort(idx)])
-    f = eqx.filter_jit(jax.vmap(lambda i: _run(t.model, i, layers)))
-    outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
-    outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
-    outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]  # (heads, N, T, ...)
-    os.makedirs(CACHE, exist_ok=True)
-    np.savez(fn, **dict(zip("qkvyZ", outs)))
-    return tuple(outs)
+    return _label_and_cache(t, ids, layers, fn)
 
 def _tag(corpus):
     return "" if corpus == "pydoc" else "_" + corpus.replace("+", "-")
@@ -68,13 +72,7 @@ def get_aug(layers=(0, 3), T=128, n=512, frac=0.3, seed=0, offset=0, corpus="pyd
     mask[:, 0] = False; mask[:, -1] = False
     ids[mask] = rng.integers(999, V, mask.sum())
     ids = jnp.asarray(ids)
-    f = eqx.filter_jit(jax.vmap(lambda i: _run(t.model, i, layers)))
-    outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
-    outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
-    outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]
-    os.makedirs(CACHE, exist_ok=True)
-    np.savez(fn, **dict(zip("qkvyZ", outs)))
-    return tuple(outs)
+    return _label_and_cache(t, ids, layers, fn)
 
 def get_recomb(layers=(0, 3), T=128, n=512, seed=0, corpus="pydoc"):
     """``n`` windows of new text: the corpus' sentences (``split_sentences``) in a seeded
@@ -91,10 +89,4 @@ def get_recomb(layers=(0, 3), T=128, n=512, seed=0, corpus="pydoc"):
     if len(chunks) < n:
         raise SystemExit(f"get_recomb: only {len(chunks)} windows of {T} tokens in the recombined corpus")
     ids = jnp.asarray(chunks)
-    f = eqx.filter_jit(jax.vmap(lambda i: _run(t.model, i, layers)))
-    outs = [f(ids[i:i+32]) for i in range(0, len(ids), 32)]
-    outs = [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(5)]
-    outs = [np.moveaxis(o, 0, 1).astype(np.float32) for o in outs]
-    os.makedirs(CACHE, exist_ok=True)
-    np.savez(fn, **dict(zip("qkvyZ", outs)))
-    return tuple(outs)
+    return _label_and_cache(t, ids, layers, fn)
